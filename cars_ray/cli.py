@@ -1,0 +1,42 @@
+"""Shared entry-point plumbing for the scripts in pipelines/: exit codes and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from cars_ray.errors import CarsRayError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 success; 1 the job ran but failed (e.g. a quality check did not hold); "
+    "2 bad input (configuration, data layout, annotation file, checkpoint), reported in one "
+    "sentence; 130 interrupted."
+)
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser whose --help ends with the documented exit codes."""
+    return argparse.ArgumentParser(
+        description=description,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
+    """Run a pipeline's main(), turning user errors into one line on stderr and an exit code."""
+    try:
+        code = main(argv)
+    except CarsRayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""Data side: dataset layouts, the manifest table, images, cropping, splits, augmentation."""

@@ -1,0 +1,116 @@
+"""Decoding one image safely: EXIF orientation, any colour mode to RGB, and a reason on failure.
+
+Every reader of pixels (inspection, cropping, training, prediction, serving) goes through
+:func:`open_rgb`, so a truncated file or a decompression bomb fails the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from cars_ray.errors import ImageError
+
+# A truncated JPEG must be reported, never silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default bomb limit (about 0.25 GB of RGBA)
+
+
+def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int, int] | None = None,
+             max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image file or bytes to an upright RGB PIL image, or raise ImageError(reason).
+
+    ``draft_size`` lets the JPEG decoder scale down by a power of two while decoding (much
+    faster for training inputs); it never goes below the requested size.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise ImageError("missing: file not found")
+        if os.path.getsize(source) == 0:
+            raise ImageError("unreadable: empty file (0 bytes)")
+    elif isinstance(source, bytes):
+        if not source:
+            raise ImageError("unreadable: empty file (0 bytes)")
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(source)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"too large: {width}x{height} pixels exceeds the limit of {max_pixels}")
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"too large: {err}") from None
+    except OSError as err:
+        text = str(err)
+        if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
+            raise ImageError(f"truncated: {text}") from None
+        raise ImageError(f"unreadable: {text}") from None
+    except Exception as err:  # PIL raises assorted types (SyntaxError, ValueError) for corrupt data
+        raise ImageError(f"unreadable: {type(err).__name__}: {err}") from None
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode; transparency is composited on white so cut-outs don't turn black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def clamp_box(box: tuple[float, float, float, float], width: int, height: int,
+              margin: float = 0.0) -> tuple[int, int, int, int]:
+    """Integer box grown by ``margin`` (a fraction of its size) and clamped to the image.
+
+    Raises ImageError for a box that is inverted or lies wholly outside the image.
+    """
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise ImageError(f"bad box: inverted or empty ({x1:g},{y1:g},{x2:g},{y2:g})")
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    left, top = max(0, math.floor(x1 - dx)), max(0, math.floor(y1 - dy))
+    right, bottom = min(width, math.ceil(x2 + dx)), min(height, math.ceil(y2 + dy))
+    if right <= left or bottom <= top:
+        raise ImageError(f"bad box: ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {width}x{height} image")
+    return left, top, right, bottom
+
+
+def box_problem(box: tuple[float, float, float, float], width: int, height: int) -> str | None:
+    """Why a box is suspicious (inverted, past the border), or None when it is fine."""
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        return f"bad box: inverted or empty ({x1:g},{y1:g},{x2:g},{y2:g})"
+    # Devkit boxes are 1-based inclusive, so x2 == width is still inside the image.
+    if x1 < 0 or y1 < 0 or x2 > width + 1 or y2 > height + 1:
+        return f"box outside the image: ({x1:g},{y1:g},{x2:g},{y2:g}) on {width}x{height}"
+    return None
+
+
+def load_array(path: str, box: tuple[float, float, float, float] | None, size: int,
+               margin: float = 0.0) -> np.ndarray:
+    """Decode, crop to the box if any, and resize to size x size; uint8 HWC array."""
+    image = open_rgb(path, draft_size=None if box is not None else (size, size))
+    if box is not None:
+        image = image.crop(clamp_box(box, image.width, image.height, margin))
+    return resize_square(image, size)
+
+
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """Resize (squash) to size x size with antialiasing; cars are already tightly cropped."""
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), dtype=np.uint8)

@@ -1,0 +1,113 @@
+"""Inspect a dataset: counts per class, image sizes and every problem, checked in parallel on Ray."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import ray
+
+from cars_ray.data.images import box_problem, clamp_box, open_rgb
+from cars_ray.data.manifest import Manifest
+from cars_ray.errors import ImageError
+from cars_ray.plots import sample_grid
+
+ROWS_PER_BLOCK = 128
+
+
+def check_batch(batch: pd.DataFrame) -> pd.DataFrame:
+    """Decode each image fully (so truncation shows) and check its box against its size."""
+    widths, heights, reasons = [], [], []
+    for row in batch.to_dict("records"):
+        try:
+            image = open_rgb(row["path"])
+        except ImageError as err:
+            widths.append(-1), heights.append(-1), reasons.append(str(err))
+            continue
+        widths.append(image.width), heights.append(image.height)
+        box = (row["x1"], row["y1"], row["x2"], row["y2"])
+        reasons.append("" if math.isnan(box[0]) else (box_problem(box, image.width, image.height) or ""))
+    return pd.DataFrame({"path": batch["path"].to_numpy(), "width": widths, "height": heights, "reason": reasons})
+
+
+def inspect_manifest(manifest: Manifest) -> dict:
+    """The inspection report as a JSON-ready dict."""
+    table = manifest.table
+    columns = ["path", "x1", "y1", "x2", "y2"]
+    chunks = [table[columns].iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(table), ROWS_PER_BLOCK)]
+    checked = (ray.data.from_pandas(chunks).map_batches(check_batch, batch_format="pandas", batch_size=None)
+               .to_pandas() if chunks else pd.DataFrame(columns=["path", "width", "height", "reason"]))
+    problems = [{"path": p, "reason": r, "source": "image"} for p, r in zip(checked.path, checked.reason) if r]
+    problems += manifest.problems
+    readable = checked[checked.width > 0]
+    per_class = manifest.class_counts()
+    counts = np.array(list(per_class.values())) if per_class else np.zeros(1)
+    splits = table.orig_split.value_counts().to_dict()
+    return {
+        "root": manifest.root,
+        "layout": manifest.layout,
+        "num_classes": manifest.num_classes,
+        "num_images": int(len(table)),
+        "num_labelled": int((table.class_index >= 0).sum()),
+        "num_with_boxes": int(manifest.has_boxes().sum()),
+        "original_splits": {k or "none": int(v) for k, v in splits.items()},
+        "per_class": per_class,
+        "per_class_stats": {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max())},
+        "image_size": _size_stats(readable),
+        "problems": problems,
+        "problem_counts": pd.Series([p["reason"].split(":")[0] for p in problems], dtype=str).value_counts().to_dict(),
+        "notes": manifest.notes,
+    }
+
+
+def _size_stats(readable: pd.DataFrame) -> dict:
+    if readable.empty:
+        return {}
+    stats = {}
+    for column in ("width", "height"):
+        values = readable[column].to_numpy()
+        stats[column] = {"min": int(values.min()), "median": float(np.median(values)), "max": int(values.max())}
+    return stats
+
+
+def format_summary(report: dict, max_problems: int = 20) -> str:
+    """A human-readable summary of an inspection report."""
+    stats, size = report["per_class_stats"], report["image_size"]
+    lines = [
+        f"layout      : {report['layout']} ({report['root']})",
+        f"classes     : {report['num_classes']}",
+        f"images      : {report['num_images']} ({report['num_labelled']} labelled, "
+        f"{report['num_with_boxes']} with boxes; splits {report['original_splits']})",
+        f"per class   : min {stats['min']}, median {stats['median']:g}, max {stats['max']}",
+    ]
+    if size:
+        lines.append(f"image width : min {size['width']['min']}, median {size['width']['median']:g}, max {size['width']['max']}")
+        lines.append(f"image height: min {size['height']['min']}, median {size['height']['median']:g}, max {size['height']['max']}")
+    lines += [f"note        : {note}" for note in report["notes"]]
+    problems = report["problems"]
+    lines.append(f"problems    : {len(problems)} {report['problem_counts'] if problems else ''}".rstrip())
+    lines += [f"  - {p['path']}: {p['reason']} [{p.get('source', '')}]" for p in problems[:max_problems]]
+    if len(problems) > max_problems:
+        lines.append(f"  ... and {len(problems) - max_problems} more (all listed in inspect.json)")
+    return "\n".join(lines)
+
+
+def samples_figure(manifest, num_classes: int):
+    """First readable image of each of the first ``num_classes`` classes, cropped to its box."""
+    images, titles = [], []
+    table = manifest.table
+    for index in range(min(num_classes, manifest.num_classes)):
+        for row in table[table.class_index == index].head(5).itertuples():
+            try:
+                image = open_rgb(row.path)
+                if not np.isnan(row.x1):
+                    image = image.crop(clamp_box((row.x1, row.y1, row.x2, row.y2), image.width, image.height))
+            except ImageError:
+                continue
+            image.thumbnail((256, 256))
+            images.append(np.asarray(image))
+            titles.append(f"{index + 1}: {manifest.class_names[index]}")
+            break
+    return sample_grid(images, titles, f"{manifest.layout} layout: one image per class "
+                                       f"(first {len(images)} of {manifest.num_classes} classes)")
