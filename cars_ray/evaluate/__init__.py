@@ -1,0 +1,1 @@
+"""Prediction with a checkpoint on Ray Data, and full evaluation (metrics, reports, pictures)."""
