@@ -206,6 +206,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+    if target is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
+        except ValueError:
+            pass
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if target is int and isinstance(value, int) and not isinstance(value, bool):

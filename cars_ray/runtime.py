@@ -13,7 +13,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus}
+    # "local" starts a fresh instance rather than joining whatever cluster ran here last.
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus}
     ray.init(logging_level=logging.WARNING, configure_logging=True, **kwargs)
     # Ray Data prints a progress bar per operator; keep it, but not one line per block.
     ctx = ray.data.DataContext.get_current()
@@ -25,5 +26,5 @@ def add_ray_arguments(parser) -> None:
     """--address and --num-cpus, shared by every pipeline."""
     group = parser.add_argument_group("ray")
     group.add_argument("--address", default=None,
-                       help="Ray cluster address (default: RAY_ADDRESS, as set by `ray job submit`, else a local instance)")
+                       help="Ray cluster address, e.g. auto for the cluster `ray start` made here (default: RAY_ADDRESS, as set by `ray job submit`, else a new local instance)")
     group.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")

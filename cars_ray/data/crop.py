@@ -37,6 +37,7 @@ def plan_outputs(manifest: Manifest, output_dir: str) -> pd.DataFrame:
     ]
     table["out_rel"] = [f"{folder}/{name}" for folder, name in zip(folders, names)]
     table["out_path"] = [os.path.join(output_dir, rel) for rel in table.out_rel]
+    table["row_id"] = range(len(table))  # the same file may be listed twice (e.g. two boxes)
     return table
 
 
@@ -67,7 +68,7 @@ def crop_one(row: dict, margin: float, overwrite: bool) -> tuple[str, str]:
 def crop_batch(batch: pd.DataFrame, margin: float, overwrite: bool) -> pd.DataFrame:
     results = [crop_one(row, margin, overwrite) for row in batch.to_dict("records")]
     return pd.DataFrame({
-        "path": batch["path"].to_numpy(), "out_rel": batch["out_rel"].to_numpy(),
+        "row_id": batch["row_id"].to_numpy(), "out_rel": batch["out_rel"].to_numpy(),
         "status": [status for status, _ in results], "reason": [reason for _, reason in results],
     })
 
@@ -78,7 +79,7 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
         raise ValueError("margin must be >= 0")
     os.makedirs(output_dir, exist_ok=True)
     tasks = plan_outputs(manifest, output_dir)
-    columns = ["path", "x1", "y1", "x2", "y2", "out_rel", "out_path"]
+    columns = ["row_id", "path", "x1", "y1", "x2", "y2", "out_rel", "out_path"]
     chunks = [tasks[columns].iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(tasks), ROWS_PER_BLOCK)]
     if chunks:
         results = (
@@ -88,8 +89,8 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
             .to_pandas()
         )
     else:
-        results = pd.DataFrame(columns=["path", "out_rel", "status", "reason"])
-    results = tasks[["path", "class_index", "orig_split"]].merge(results, on="path", how="left")
+        results = pd.DataFrame(columns=["row_id", "out_rel", "status", "reason"])
+    results = tasks[["row_id", "path", "class_index", "orig_split"]].merge(results, on="row_id", how="left")
     write_index_files(manifest, results, output_dir)
     return crop_report(manifest, results, output_dir, margin)
 

@@ -41,6 +41,7 @@ class RunState:
     step: int = 0
     best_monitor: float | None = None
     bad_epochs: int = 0
+    resumed_at: list[int] = field(default_factory=list)  # epochs a restart or --resume continued from
     history: list[dict] = field(default_factory=list)
 
 
@@ -70,6 +71,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as directory:
             restore(directory, model, optimizer, scheduler, scaler, ema, state)
+        state.resumed_at.append(state.epoch)
         print(f"[cars_ray] resumed from the checkpoint of epoch {state.epoch}")
 
     ddp_model = wrap(model, cfg)
@@ -96,6 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "epoch": epoch, **train_metrics, **val_metrics,
             "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - started,
             "images_per_second": train_metrics["train_images"] / max(train_seconds, 1e-9),
+            "resumes": len(state.resumed_at),
             **{f"lr_{group['name'].split('/')[0]}": group["lr"] for group in optimizer.param_groups
                if group["name"].endswith("/decay")},
         }

@@ -1,0 +1,57 @@
+"""Evaluate a checkpoint on labelled images: top-1/5, macro P/R/F1, balanced accuracy, per-class
+report, confusion matrix and the most confused pairs.
+
+    python pipelines/evaluate.py --checkpoint C --root-dir R [--split-file CSV] [--split test] [--tta]
+                                 --output-dir O
+
+Without --split-file every labelled image of R is evaluated. The checkpoint carries its class
+names and preprocessing, so no training config is needed.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cars_ray.cli import EXIT_OK, make_parser, run_main
+from cars_ray.data.layouts import LAYOUTS, read_dataset
+from cars_ray.data.split import SPLITS, apply_split, read_split_file
+from cars_ray.errors import DataError
+from cars_ray.evaluate.evaluation import evaluate_checkpoint
+from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.train.checkpoint import check_classes, read_meta
+
+
+def main(argv=None) -> int:
+    parser = make_parser(__doc__)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. O/best of train.py)")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
+    parser.add_argument("--split-file", default=None, help="path,class_id,split file (e.g. split.csv)")
+    parser.add_argument("--split", default="test", choices=SPLITS, help="rows of --split-file to evaluate")
+    parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--output-dir", required=True)
+    add_ray_arguments(parser)
+    args = parser.parse_args(argv)
+
+    meta = read_meta(args.checkpoint)
+    manifest = read_dataset(args.root_dir, args.layout)
+    check_classes(meta, manifest.class_names, args.root_dir)
+    if args.split_file:
+        table = apply_split(manifest, read_split_file(args.split_file), args.split_file)
+        rows = table[table.split == args.split]
+        title = args.split
+    else:
+        rows, title = manifest.table[manifest.table.class_index >= 0], "all labelled images"
+    if rows.empty:
+        raise DataError(f"no labelled images to evaluate in {args.root_dir}" + (f" for split {args.split!r}" if args.split_file else ""))
+    init_ray(args.address, args.num_cpus)
+    metrics = evaluate_checkpoint(args.checkpoint, rows, manifest.class_names, args.output_dir, tta=args.tta,
+                                  title=title, source=args.root_dir)
+    print(json.dumps({k: metrics[k] for k in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro",
+                                                 "balanced_accuracy", "num_images")}, indent=2))
+    print(f"wrote metrics.json, per_class.csv, confused_pairs.csv, predictions.csv, confusion_matrix.png to {args.output_dir}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,192 @@
+"""Training on Ray Train with a tiny model on generated data: learning, workers, faults, resume, errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray.cloudpickle
+
+from cars_ray.config import load_config
+from cars_ray.train.loop import train_loop_per_worker
+from cars_ray.train.runner import fit
+from conftest import CLASS_NAMES, class_colour, folder_of, make_image, run_pipeline, write_names_csv
+
+pytestmark = pytest.mark.slow
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need this module's loops
+
+
+@pytest.fixture(scope="module")
+def train_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "data"
+    for c, name in enumerate(CLASS_NAMES):
+        for i in range(16):
+            make_image(root / folder_of(name) / f"{i:03d}.jpg", (48, 40), class_colour(c), seed=c * 1000 + i)
+    write_names_csv(root / "names.csv")
+    return root
+
+
+def tiny_config(root, output_dir, *overrides):
+    return load_config("configs/demo.yaml", [
+        f"data.root_dir={root}", "data.image_size=32", "data.batch_size=8", "data.eval_batch_size=16",
+        "data.augment=light", "data.val_fraction=0.25", "data.test_fraction=0.25",
+        "model.backbone=test_efficientnet", "model.weights=none", "optim.warmup_epochs=0", "optim.schedule=none",
+        "optim.lr=3e-3", "optim.late_lr=3e-3", "optim.early_lr=3e-3", "train.epochs=2", "train.channels_last=false",
+        f"train.output_dir={output_dir}", *overrides])
+
+
+def test_two_epochs_lower_the_loss_and_write_outputs(ray_local, train_root, tmp_path):
+    cfg = tiny_config(train_root, tmp_path)
+    outcome = fit(cfg, str(tmp_path))
+    history = outcome.history
+    assert list(history.epoch) == [1, 2]
+    assert history.train_loss.iloc[1] < history.train_loss.iloc[0]
+    assert {"train_loss", "val_loss", "val_top1", "lr_classifier", "images_per_second"} <= set(history.columns)
+    assert (tmp_path / "best" / "model.pt").exists() and (tmp_path / "metrics.csv").exists()
+    for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confused_pairs.csv"):
+        assert (tmp_path / "evaluation" / name).exists(), name
+    assert outcome.test_metrics["num_images"] == 16
+
+
+def test_two_workers_match_one(ray_local, train_root, tmp_path):
+    results = {}
+    for workers, batch in ((1, 8), (2, 4)):
+        cfg = tiny_config(train_root, tmp_path / str(workers), f"train.num_workers={workers}",
+                          f"data.batch_size={batch}", "data.augment=none", "train.epochs=3")
+        results[workers] = fit(cfg, str(tmp_path / str(workers)), evaluate_test=False).history.iloc[-1]
+    assert results[2].val_images == results[1].val_images == 16
+    assert results[2].train_images == results[1].train_images
+    assert abs(results[2].val_loss - results[1].val_loss) < 0.35
+    assert abs(results[2].val_top1 - results[1].val_top1) <= 0.25
+
+
+def crash_once_after_first_report(loop_config: dict) -> None:
+    """Kill this worker process in epoch 2, once (after epoch 1's checkpoint was taken in); note what the
+    restart resumed from."""
+    import cars_ray.train.loop as loop
+
+    marker = loop_config["crash_marker"]
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            with open(marker + ".resumed", "w") as handle:
+                handle.write(open(os.path.join(directory, "meta.json")).read())
+    original = loop.report
+    calls = []
+
+    def die_at_second_report(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2 and not os.path.exists(marker):
+            time.sleep(3)  # the controller registers reports asynchronously; let it take in epoch 1's
+            open(marker, "w").close()
+            os._exit(1)  # a real worker death, not a Python exception
+        original(*args, **kwargs)
+
+    loop.report = die_at_second_report
+    train_loop_per_worker(loop_config)
+
+
+def test_killed_worker_is_restored_from_checkpoint(ray_local, train_root, tmp_path):
+    import json
+
+    cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=1")
+    marker = str(tmp_path / "crashed")
+
+    def with_marker(loop_config):
+        crash_once_after_first_report({**loop_config, "crash_marker": marker})
+
+    outcome = fit(cfg, str(tmp_path), evaluate_test=False, train_fn=with_marker)
+    assert os.path.exists(marker), "the worker did die"
+    resumed = json.loads(open(marker + ".resumed").read())
+    assert resumed["epoch"] == 1
+    assert list(outcome.history.epoch) == [1, 2, 3]
+    assert list(outcome.history.resumes) == [0, 1, 1]
+
+
+class StopAfterFirstEpoch(Exception):
+    pass
+
+
+def stop_after_first_report(loop_config: dict) -> None:
+    import cars_ray.train.loop as loop
+
+    original = loop.report
+
+    def report_then_stop(*args, **kwargs):
+        original(*args, **kwargs)
+        time.sleep(3)  # the controller takes reports in asynchronously; a Ctrl-C comes later than this
+        raise StopAfterFirstEpoch("stopped by the test")
+
+    loop.report = report_then_stop
+    train_loop_per_worker(loop_config)
+
+
+def test_resume_after_stop_finishes_same_epoch_count(ray_local, train_root, tmp_path):
+    cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=0")
+    with pytest.raises(Exception):
+        fit(cfg, str(tmp_path), evaluate_test=False, train_fn=stop_after_first_report)
+    outcome = fit(cfg, str(tmp_path), resume=True, evaluate_test=False)
+    assert list(outcome.history.epoch) == [1, 2, 3]
+    assert list(outcome.history.resumes) == [0, 1, 1], "epochs 2 and 3 ran after resuming from epoch 1"
+
+
+def test_nan_loss_stops_with_a_clear_message(ray_local, train_root, tmp_path):
+    from cars_ray.train.runner import TrainingError
+
+    cfg = tiny_config(train_root, tmp_path, "optim.lr=1e30", "optim.late_lr=1e30", "optim.early_lr=1e30",
+                      "optim.optimizer=sgd", "train.epochs=3")
+    with pytest.raises(TrainingError, match="loss became nan"):
+        fit(cfg, str(tmp_path), evaluate_test=False)
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_bad_config_key_and_missing_data_fail_in_one_sentence(tmp_path):
+    line = one_line_error(run_pipeline("train.py", "--config", "configs/demo.yaml", "optim.learning_rate=1"))
+    assert line.startswith("error: command line: unknown key 'optim.learning_rate'")
+    line = one_line_error(run_pipeline("train.py", "--config", "configs/demo.yaml", f"data.root_dir={tmp_path}/none",
+                                       "--output-dir", str(tmp_path / "o")))
+    assert line == f"error: data.root_dir {tmp_path}/none does not exist"
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("data:\n  image_size: [1\n")
+    assert one_line_error(run_pipeline("train.py", "--config", str(bad_yaml))).startswith(f"error: {bad_yaml}:")
+
+
+def test_checkpoint_with_other_class_count_fails_clearly(ray_local, train_root, tmp_path):
+    fit(tiny_config(train_root, tmp_path, "train.epochs=1"), str(tmp_path), evaluate_test=False)
+    three = tmp_path / "three"
+    for c, name in enumerate(CLASS_NAMES[:3]):
+        make_image(three / folder_of(name) / "a.jpg", (48, 40), class_colour(c))
+    write_names_csv(three / "names.csv", CLASS_NAMES[:3])
+    line = one_line_error(run_pipeline("evaluate.py", "--checkpoint", str(tmp_path / "best"), "--root-dir", str(three),
+                                       "--output-dir", str(tmp_path / "ev")))
+    assert line == f"error: the checkpoint has 4 classes but {three} has 3"
+    assert not (tmp_path / "ev").exists()
+
+
+def test_evaluate_pipeline_on_split_file(ray_local, train_root, tmp_path):
+    fit(tiny_config(train_root, tmp_path, "train.epochs=1"), str(tmp_path), evaluate_test=False)
+    split = pd.DataFrame({"path": [f"{folder_of(n)}/{i:03d}.jpg" for n in CLASS_NAMES for i in range(16)],
+                          "class_id": [c + 1 for c in range(4) for _ in range(16)],
+                          "split": (["train"] * 12 + ["test"] * 4) * 4})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    proc = run_pipeline("evaluate.py", "--checkpoint", str(tmp_path / "best"), "--root-dir", str(train_root),
+                        "--split-file", str(tmp_path / "split.csv"), "--tta", "--output-dir", str(tmp_path / "ev"),
+                        "--num-cpus", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["num_images"] == 16 and metrics["tta"] is True
+    assert set(metrics) >= {"top1", "top5", "precision_macro", "recall_macro", "f1_macro", "balanced_accuracy"}
+    per_class = pd.read_csv(tmp_path / "ev" / "per_class.csv")
+    assert list(per_class.class_name) == CLASS_NAMES and per_class.support.sum() == 16
+    assert np.isclose(metrics["top1"], (pd.read_csv(tmp_path / "ev" / "predictions.csv").eval("true_id == predicted_id")).mean())
