@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.loading import decoded_dataset
-from cars_ray.evaluate.predictor import predict_dataset
+from cars_ray.evaluate.predictor import backend_info, predict_dataset
 from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import confusion_matrix_figure
 from cars_ray.train.checkpoint import check_classes, read_meta
@@ -18,13 +18,13 @@ from cars_ray.train.metrics import class_confusion, classification_metrics, conf
 
 def score_rows(checkpoint_dir: str, rows: pd.DataFrame, tta: bool = False, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, probabilities, rel_paths) for manifest rows, decoded and predicted on Ray."""
-    meta = read_meta(checkpoint_dir)
-    dataset = decoded_dataset(rows, meta["preprocessing"]["resize"])
+    class_names, preprocessing = backend_info(checkpoint_dir)
+    dataset = decoded_dataset(rows, preprocessing["resize"])
     scored = predict_dataset(dataset, checkpoint_dir, tta=tta, batch_size=batch_size)
     labels, probs, paths = [], [], []
     for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
         labels.append(batch["label"]), probs.append(batch["probs"]), paths.extend(batch["rel_path"].tolist())
-    num_classes = len(meta["class_names"])
+    num_classes = len(class_names)
     if not labels:
         return np.zeros(0, np.int64), np.zeros((0, num_classes), np.float32), []
     return np.concatenate(labels), np.concatenate(probs), paths

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -116,14 +117,7 @@ def finish(cfg: Config, output_dir: str, result, class_names: list[str], table: 
     best_checkpoint = result.get_best_checkpoint(cfg.train.select_metric, cfg.train.select_mode)
     best_metrics = next(m for c, m in result.best_checkpoints if c.path == best_checkpoint.path)
     best_dir = os.path.join(output_dir, "best")
-    with best_checkpoint.as_directory() as directory:
-        inference_only = os.path.join(output_dir, ".best-staging")
-        shutil.rmtree(inference_only, ignore_errors=True)
-        os.makedirs(inference_only)
-        for name in (MODEL_FILE, META_FILE):
-            shutil.copy2(os.path.join(directory, name), inference_only)
-        replace_dir(inference_only, best_dir)
-        shutil.rmtree(inference_only, ignore_errors=True)
+    copy_inference_checkpoint(best_checkpoint, best_dir)
     write_csv(os.path.join(output_dir, "metrics.csv"), history)
     test_metrics = None
     test_rows = table[table.split == "test"]
@@ -132,3 +126,15 @@ def finish(cfg: Config, output_dir: str, result, class_names: list[str], table: 
                                            tta=cfg.train.eval_tta, title="test")
     return TrainOutcome(output_dir, best_dir, best_metrics, test_metrics, history)
 
+
+
+def copy_inference_checkpoint(checkpoint: ray.train.Checkpoint, best_dir: str) -> None:
+    """Copy the weights and meta of a training checkpoint (no optimizer state) to ``best_dir``, atomically."""
+    with checkpoint.as_directory() as directory:
+        staging = tempfile.mkdtemp(prefix=".best-", dir=os.path.dirname(os.path.abspath(best_dir)))
+        try:
+            for name in (MODEL_FILE, META_FILE):
+                shutil.copy2(os.path.join(directory, name), staging)
+            replace_dir(staging, best_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,85 @@
+"""Driver side of a search: shared data, the Tuner (new or restored), and the result files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pandas as pd
+import ray
+from ray import tune
+
+from cars_ray.config import Config
+from cars_ray.data.loading import build_training_datasets, load_split_table
+from cars_ray.errors import ConfigError
+from cars_ray.evaluate.evaluation import evaluate_checkpoint
+from cars_ray.models import preprocessing_for
+from cars_ray.outputs import write_csv, write_figure
+from cars_ray.plots import curves_figure
+from cars_ray.train.runner import copy_inference_checkpoint, ray_data_progress
+from cars_ray.tune.search import (
+    build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize, trial_driver,
+)
+
+EXPERIMENT = "tune"
+TRIAL_DRIVER_MEMORY = 64 * 1024**2  # Tune needs a non-empty request; memory keeps the CPUs for the workers
+
+
+@dataclass
+class SearchOutcome:
+    table: pd.DataFrame
+    best_dir: str
+    test_metrics: dict | None
+
+
+def run_search(cfg: Config, output_dir: str, resume: bool = False) -> SearchOutcome:
+    space = build_search_space(cfg)
+    concurrency = check_feasible(cfg)
+    manifest, table = load_split_table(cfg.data)
+    preprocessing = preprocessing_for(cfg.model, cfg.data.image_size, cfg.data.crop_pct)
+    datasets = build_training_datasets(table, preprocessing, cfg.data)
+    storage = os.path.abspath(os.path.join(output_dir, "ray_results"))
+    shared = {"class_names": manifest.class_names, "preprocessing": preprocessing,
+              "train_size": datasets["train"].count(), "trial_storage": os.path.join(storage, "trials")}
+    # The trial's driver only waits on its TorchTrainer, whose workers hold the trial's CPUs/GPUs;
+    # a driver holding a CPU of its own would deadlock small clusters.
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, base=cfg.to_dict(), shared=shared, datasets=datasets),
+        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
+    experiment_dir = os.path.join(storage, EXPERIMENT)
+    if resume:
+        if not tune.Tuner.can_restore(experiment_dir):
+            raise ConfigError(f"--resume: no Tune experiment to restore in {experiment_dir}")
+        tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, num_samples=cfg.tune.num_samples,
+                                        scheduler=make_scheduler(cfg), search_alg=make_search_alg(cfg, concurrency),
+                                        max_concurrent_trials=concurrency),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage),
+        )
+    with ray_data_progress(False):
+        results = tuner.fit()
+    return write_results(cfg, output_dir, results, manifest.class_names, table)
+
+
+def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_names: list[str],
+                  table: pd.DataFrame) -> SearchOutcome:
+    summary = summarize(results, cfg)
+    write_csv(os.path.join(output_dir, "tune_results.csv"), summary)
+    stopped = set(summary.loc[summary.stopped_by_scheduler, "trial_id"])
+    figure = curves_figure(curves(results, cfg.tune.metric), stopped, cfg.tune.metric, cfg.train.epochs)
+    write_figure(os.path.join(output_dir, "tune.png"), figure)
+    ranked = summary[summary.best_checkpoint.astype(bool)]
+    if ranked.empty:
+        raise ConfigError("no trial reported a checkpoint; see tune_results.csv for the trials' errors")
+    best_dir = os.path.join(output_dir, "best")
+    copy_inference_checkpoint(ray.train.Checkpoint(ranked.iloc[0].best_checkpoint), best_dir)
+    test_rows = table[table.split == "test"]
+    test_metrics = None
+    if len(test_rows):
+        test_metrics = evaluate_checkpoint(best_dir, test_rows, class_names, os.path.join(output_dir, "evaluation"),
+                                           tta=cfg.train.eval_tta, title="test (best trial)")
+    return SearchOutcome(summary, best_dir, test_metrics)

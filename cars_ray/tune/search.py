@@ -1,0 +1,198 @@
+"""Learning-rate search on Ray Tune around the unchanged training loop.
+
+Ray 2.60 (Train V2) combines Train and Tune with a *function trainable that launches a
+TorchTrainer*: each trial runs ``trial_driver``, which starts a ``TorchTrainer`` on the trial's
+config, and ``TuneReportCallback`` forwards every epoch's metrics (and checkpoint path) to Tune,
+so ASHA can stop bad trials early. Images are decoded once, before the search, and shared by all
+trials.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import pandas as pd
+import ray
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from cars_ray.config import Config, _set, config_from_dict
+from cars_ray.errors import ConfigError
+from cars_ray.train.loop import train_loop_per_worker
+from cars_ray.train.runner import scaling_config
+
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
+REPORTED_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
+
+
+def build_search_space(cfg: Config) -> dict[str, Any]:
+    """``{"optim.lr": {"loguniform": [1e-4, 1e-2]}, ...}`` from the config -> Tune domains."""
+    space = cfg.tune.search_space
+    if not space:
+        raise ConfigError("tune.search_space is empty; name at least one key, e.g. optim.lr: {loguniform: [1e-4, 1e-2]}")
+    domains = {}
+    for key, spec in space.items():
+        probe = Config()
+        try:
+            _set(probe, key, _sample_value(spec, key), "tune.search_space")
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("unknown key", "search space names unknown key")) from None
+        (kind, args), = spec.items()
+        domains[key] = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
+                        "choice": tune.choice, "randint": lambda a: tune.randint(*a)}[kind](args)
+    return domains
+
+
+def _sample_value(spec: Any, key: str) -> Any:
+    """Validate one distribution spec and return a representative value of it."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"tune.search_space.{key} must be one of {{{' | '.join(DISTRIBUTIONS)}: [...]}}, got {spec!r}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"tune.search_space.{key}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"tune.search_space.{key}: {kind} needs a list of values, got {args!r}")
+    if kind == "choice":
+        return args[0]
+    try:
+        low, high = (float(v) for v in args)
+    except (TypeError, ValueError):
+        raise ConfigError(f"tune.search_space.{key}: {kind} needs [low, high] numbers, got {args!r}") from None
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise ConfigError(f"tune.search_space.{key}: {kind} needs 0 < low < high, got {args!r}"
+                          if kind == "loguniform" else f"tune.search_space.{key}: {kind} needs low < high, got {args!r}")
+    return int(low) if kind == "randint" else low
+
+
+def check_feasible(cfg: Config) -> int:
+    """Fail early on a metric no trial reports or resources the cluster can never give; returns concurrency."""
+    if cfg.tune.metric not in REPORTED_METRICS:
+        raise ConfigError(f"tune.metric {cfg.tune.metric!r} is not reported by training; use one of {', '.join(REPORTED_METRICS)}")
+    available = ray.cluster_resources()
+    cpus_needed = cfg.tune.cpus_per_trial * cfg.train.num_workers
+    gpus_needed = cfg.tune.gpus_per_trial * cfg.train.num_workers
+    if cpus_needed > available.get("CPU", 0) or gpus_needed > available.get("GPU", 0):
+        raise ConfigError(f"one trial needs {cpus_needed:g} CPU and {gpus_needed:g} GPU (tune.cpus_per_trial, "
+                          f"tune.gpus_per_trial x train.num_workers) but the Ray cluster has "
+                          f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU")
+    limits = [math.floor(available.get("CPU", 0) / cpus_needed) if cpus_needed else 1_000]
+    if gpus_needed:
+        limits.append(math.floor(available.get("GPU", 0) / gpus_needed + 1e-9))
+    fits = max(1, min(limits))
+    return min(fits, cfg.tune.max_concurrent_trials) if cfg.tune.max_concurrent_trials > 0 else fits
+
+
+def trial_config(base: dict, params: dict[str, Any]) -> Config:
+    """The training config of one trial: the base plus the sampled keys and the trial's resources."""
+    cfg = config_from_dict(base, source="tune base config")
+    for key, value in params.items():
+        _set(cfg, key, value, "tune trial")
+    cfg.train.cpus_per_worker = cfg.tune.cpus_per_trial
+    cfg.train.gpus_per_worker = cfg.tune.gpus_per_trial
+    cfg.train.use_gpu = "true" if cfg.tune.gpus_per_trial > 0 else "false"
+    return cfg
+
+
+def trial_driver(params: dict[str, Any], base: dict, shared: dict, datasets: dict) -> None:
+    """One trial: a TorchTrainer on the trial's config, reporting each epoch to Tune."""
+    cfg = trial_config(base, params)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch shard bars x trials = noise
+    trial_id = tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**shared, "config": cfg.to_dict()},
+        scaling_config=scaling_config(cfg),
+        run_config=RunConfig(
+            name=f"trial_{trial_id}",
+            storage_path=shared["trial_storage"],
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.tune.metric,
+                                               checkpoint_score_order=cfg.tune.mode),
+            callbacks=[TuneReportCallback()],
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"]),
+    )
+    trainer.fit()
+
+
+def make_search_alg(cfg: Config, concurrency: int):
+    """Random search by default; Optuna or HyperOpt when asked for and installed."""
+    if cfg.tune.search_alg == "random":
+        return None
+    try:
+        if cfg.tune.search_alg == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            searcher = OptunaSearch(metric=cfg.tune.metric, mode=cfg.tune.mode)
+        else:
+            from ray.tune.search.hyperopt import HyperOptSearch
+
+            searcher = HyperOptSearch(metric=cfg.tune.metric, mode=cfg.tune.mode)
+    except (ImportError, AssertionError):
+        raise ConfigError(f"tune.search_alg={cfg.tune.search_alg} needs the {cfg.tune.search_alg} package "
+                          f"(pip install {cfg.tune.search_alg}), or use random") from None
+    return tune.search.ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+
+
+def make_scheduler(cfg: Config):
+    if cfg.tune.scheduler == "fifo":
+        return None
+    return tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                                         grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
+
+
+def summarize(results: tune.ResultGrid, cfg: Config) -> pd.DataFrame:
+    """One row per trial: parameters, best metric, epochs run, and whether the scheduler stopped it."""
+    rows = []
+    sign = 1 if cfg.tune.mode == "max" else -1
+    for result in results:
+        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        params = {f"param.{k}": v for k, v in (result.config or {}).items()}
+        epochs = int(history.epoch.max()) if "epoch" in history else 0
+        early = bool(history.stop_reason.iloc[-1]) if "stop_reason" in history and len(history) else False
+        best_row = best_kept_row(history, cfg.tune.metric, sign) if cfg.tune.metric in history else None
+        rows.append({
+            "trial_id": trial_name(result),
+            "trial_dir": result.path,
+            **params,
+            f"best_{cfg.tune.metric}": float(best_row[cfg.tune.metric]) if best_row is not None else float("nan"),
+            "best_epoch": int(best_row["epoch"]) if best_row is not None else 0,
+            "best_checkpoint": best_row.get("checkpoint_path", "") if best_row is not None else "",
+            "epochs_run": epochs,
+            "stopped_by_scheduler": epochs < cfg.train.epochs and not early and result.error is None,
+            "stopped_by_early_stopping": early,
+            "error": "" if result.error is None else str(result.error).splitlines()[0][:200],
+        })
+    table = pd.DataFrame(rows)
+    return table.sort_values(f"best_{cfg.tune.metric}", ascending=cfg.tune.mode == "min", na_position="last")
+
+
+def curves(results: tune.ResultGrid, metric: str) -> dict[str, tuple[list, list]]:
+    """Per trial, (epochs, metric values) for the curves plot."""
+    out = {}
+    for result in results:
+        history = result.metrics_dataframe
+        if history is not None and metric in history:
+            out[trial_name(result)] = (history.epoch.tolist(), history[metric].tolist())
+    return out
+
+
+def trial_name(result) -> str:
+    """Tune's short trial id (it adds ``trial_id`` to every reported row)."""
+    if result.metrics and "trial_id" in result.metrics:
+        return str(result.metrics["trial_id"])
+    return os.path.basename(result.path or "")
+
+
+def best_kept_row(history: pd.DataFrame, metric: str, sign: int) -> pd.Series:
+    """The best epoch whose checkpoint Ray kept: ties go to the later epoch (Ray keeps the latest)."""
+    rows = history.iloc[::-1]
+    if "checkpoint_path" in rows:
+        kept = rows[[not str(p).startswith("/") or os.path.exists(str(p)) for p in rows.checkpoint_path]]
+        rows = kept if len(kept) else rows
+    return rows.loc[(sign * rows[metric]).idxmax()]

@@ -1,0 +1,40 @@
+"""Predict car classes for files, folders or globs with Ray Data (GPUs when present).
+
+    python pipelines/predict.py --checkpoint C --input PATH [PATH ...] [--output preds.csv] [--topk 5] [--tta]
+
+One row per image: path, class_id, class_name, probability, topk (JSON), error. Unreadable
+inputs become rows with an error; they never stop the run. C may also be an exported .onnx file.
+"""
+
+from __future__ import annotations
+
+from cars_ray.cli import EXIT_OK, make_parser, run_main
+from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
+from cars_ray.outputs import write_csv
+from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.train.checkpoint import read_meta
+
+
+def main(argv=None) -> int:
+    parser = make_parser(__doc__)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory or exported .onnx file")
+    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
+    parser.add_argument("--output", default="predictions.csv")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    add_ray_arguments(parser)
+    args = parser.parse_args(argv)
+
+    if not args.checkpoint.endswith(".onnx"):
+        read_meta(args.checkpoint)  # fail before starting Ray when the checkpoint is unusable
+    paths = expand_inputs(args.input)
+    init_ray(args.address, args.num_cpus)
+    predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)
+    write_csv(args.output, predictions)
+    failed = int((predictions.error != "").sum())
+    print(f"wrote {args.output}: {len(predictions)} images, {failed} unreadable")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,217 @@
+"""Ray Serve application: an autoscaling car classifier behind a FastAPI ingress with a web page.
+
+    serve run serve.app:build checkpoint=runs/train/best          # local
+    serve deploy serve/config.yaml                                 # cluster
+
+Routes: POST /predict (multipart field ``file`` or a raw image body; ``?topk=5``), GET /health,
+GET /classes, GET / (a page to drop a photo and see the top-5), GET /docs (OpenAPI).
+The checkpoint (or exported .onnx) brings its class names and preprocessing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from cars_ray.data.images import open_rgb, resize_square
+from cars_ray.errors import ImageError
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+class ClassScore(BaseModel):
+    class_id: int
+    class_name: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    model: str
+    predictions: list[ClassScore]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+@serve.deployment(name="Classifier", max_ongoing_requests=32)
+class Classifier:
+    """A model replica; concurrent requests are grouped into one forward pass by ``@serve.batch``."""
+
+    def __init__(self, model_path: str, batching: bool = True, max_batch_size: int = 16,
+                 batch_wait_timeout_s: float = 0.01):
+        from cars_ray.evaluate.predictor import load_backend
+
+        self.backend = load_backend(model_path)
+        self.batching = batching
+        self.predict_batched.set_max_batch_size(max_batch_size)
+        self.predict_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.backend.name, "class_names": self.backend.class_names,
+                "preprocessing": self.backend.preprocessing}
+
+    async def predict(self, image: np.ndarray) -> np.ndarray:
+        if self.batching:
+            return await self.predict_batched(image)
+        return self.backend.probs(image[None])[0]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def predict_batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.backend.probs(np.stack(images)))
+
+
+api = FastAPI(title="cars_ray classifier", description="Fine-grained car model recognition (Stanford Cars classes).")
+
+
+class UserInputError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@serve.deployment(name="CarsAPI", max_ongoing_requests=64)
+@serve.ingress(api)
+class CarsAPI:
+    def __init__(self, classifier: DeploymentHandle, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.classifier = classifier
+        self.max_body_bytes = max_body_bytes
+        self.max_pixels = max_pixels
+        self._info: dict[str, Any] | None = None
+
+    async def info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = await self.classifier.info.remote()
+        return self._info
+
+    @api.get("/health")
+    async def health(self) -> dict[str, Any]:
+        info = await self.info()
+        return {"status": "ok", "model": info["model"], "num_classes": len(info["class_names"])}
+
+    @api.get("/classes")
+    async def classes(self) -> dict[str, Any]:
+        info = await self.info()
+        return {"model": info["model"],
+                "classes": [{"class_id": i + 1, "class_name": n} for i, n in enumerate(info["class_names"])]}
+
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self) -> str:
+        return resources.files("serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @api.post("/predict", response_model=Prediction, responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody},
+                                                                  415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+    async def predict(self, request: Request, topk: str = "5"):
+        try:
+            info = await self.info()
+            k = self.parse_topk(topk, len(info["class_names"]))
+            data = await self.read_image_bytes(request)
+            image = await asyncio.get_running_loop().run_in_executor(None, self.decode, data, info["preprocessing"])
+        except UserInputError as err:
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        probs = await self.classifier.predict.remote(image)
+        order = np.argsort(-probs)[:k]
+        return {"model": info["model"], "predictions": [
+            {"class_id": int(i) + 1, "class_name": info["class_names"][i], "probability": float(probs[i])} for i in order]}
+
+    @staticmethod
+    def parse_topk(topk: str, num_classes: int) -> int:
+        try:
+            k = int(topk)
+        except ValueError:
+            raise UserInputError(422, f"topk must be a whole number from 1 to {num_classes}, got {topk!r}") from None
+        if not 1 <= k <= num_classes:
+            raise UserInputError(422, f"topk must be from 1 to {num_classes}, got {k}")
+        return k
+
+    async def read_image_bytes(self, request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "").lower()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise UserInputError(413, f"the request body is {int(declared)} bytes; the limit is {self.max_body_bytes}")
+        if content_type.startswith("multipart/form-data"):
+            body = await self.read_body(request)
+            data = await self.multipart_file(request, body)
+        elif content_type.startswith(IMAGE_TYPES) or not content_type:
+            data = await self.read_body(request)
+        else:
+            raise UserInputError(415, f"content type {content_type!r} is not accepted; send an image body "
+                                      "(image/jpeg, image/png, ...) or multipart/form-data with a 'file' field")
+        if not data:
+            raise UserInputError(400, "the request has no image: the body (or the 'file' field) is empty")
+        return data
+
+    async def read_body(self, request: Request) -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise UserInputError(413, f"the request body exceeds the limit of {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    async def multipart_file(request: Request, body: bytes) -> bytes:
+        from starlette.requests import Request as StarletteRequest
+
+        async def replay():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await StarletteRequest(request.scope, replay).form()
+        upload = form.get("file")
+        if upload is None or not hasattr(upload, "read"):
+            raise UserInputError(400, "the multipart form has no 'file' field with an image")
+        return await upload.read()
+
+    def decode(self, data: bytes, preprocessing: dict) -> np.ndarray:
+        try:
+            image = open_rgb(data, max_pixels=self.max_pixels)
+        except ImageError as err:
+            status = 413 if str(err).startswith("too large") else 400
+            raise UserInputError(status, f"the upload is not a usable image ({err})") from None
+        return resize_square(image, int(preprocessing["resize"]))
+
+
+def build(args: dict[str, str]) -> serve.Application:
+    """Application builder for ``serve run serve.app:build checkpoint=PATH [key=value ...]``.
+
+    Arguments: checkpoint (a checkpoint directory or .onnx file; required), batching (true/false),
+    max_batch_size, batch_wait_timeout_s, max_body_bytes, max_pixels, min_replicas, max_replicas,
+    target_ongoing_requests, num_gpus (per replica; default 1 when the cluster has GPUs and the
+    model is not ONNX). Replica settings in a serve config's ``deployments:`` override these.
+    """
+    import ray
+
+    path = args.get("checkpoint")
+    if not path:
+        raise ValueError("serve.app:build needs checkpoint=PATH (a checkpoint directory or an .onnx file)")
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {path} does not exist")
+    path = os.path.abspath(path)
+    has_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    num_gpus = float(args.get("num_gpus", 1 if has_gpu and not path.endswith(".onnx") else 0))
+    classifier = Classifier.options(
+        autoscaling_config={
+            "min_replicas": int(args.get("min_replicas", 1)),
+            "max_replicas": int(args.get("max_replicas", 2)),
+            "target_ongoing_requests": float(args.get("target_ongoing_requests", 4)),
+            "upscale_delay_s": float(args.get("upscale_delay_s", 3)),
+            "downscale_delay_s": float(args.get("downscale_delay_s", 15)),
+        },
+        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": num_gpus},
+    ).bind(path, str(args.get("batching", "true")).lower() == "true", int(args.get("max_batch_size", 16)),
+           float(args.get("batch_wait_timeout_s", 0.01)))
+    return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}).bind(
+        classifier, int(args.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)), int(args.get("max_pixels", DEFAULT_MAX_PIXELS)))
