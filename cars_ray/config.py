@@ -103,7 +103,7 @@ class TrainConfig:
 
 @dataclass
 class TuneConfig:
-    search_space: dict[str, Any] = field(default_factory=dict)  # key -> {loguniform|uniform|choice: ...}
+    search_space: dict[str, Any] = field(default_factory=dict)  # key -> {loguniform|uniform|choice|randint|grid: [...]}
     search_alg: str = "random"  # random | optuna | hyperopt
     scheduler: str = "asha"  # asha | fifo
     grace_period: int = 1

@@ -7,6 +7,7 @@ import textwrap
 from typing import Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # never open a window, also on machines with a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -56,6 +57,7 @@ def curves_figure(curves: dict[str, tuple[Sequence[float], Sequence[float]]], st
         if name in stopped and len(epochs):
             ax.plot(epochs[-1], values[-1], "x", color=line.get_color(), markersize=10, mew=2)
     ax.set_xlim(0.5, max_epoch + 0.5)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per trial (dashed: stopped early by the scheduler)")

@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory or exported .onnx file")
     parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
     parser.add_argument("--output", default="predictions.csv")
-    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--topk", type=int, default=None, help="classes listed per image (default 5, or all if fewer)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         read_meta(args.checkpoint)  # fail before starting Ray when the checkpoint is unusable
     paths = expand_inputs(args.input)
     init_ray(args.address, args.num_cpus)
-    predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)
+    predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)  # None: min(5, classes)
     write_csv(args.output, predictions)
     failed = int((predictions.error != "").sum())
     print(f"wrote {args.output}: {len(predictions)} images, {failed} unreadable")

@@ -8,7 +8,6 @@ GET /classes, GET / (a page to drop a photo and see the top-5), GET /docs (OpenA
 The checkpoint (or exported .onnx) brings its class names and preprocessing.
 """
 
-from __future__ import annotations
 
 import asyncio
 import os
@@ -113,7 +112,7 @@ class CarsAPI:
 
     @api.post("/predict", response_model=Prediction, responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody},
                                                                   415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-    async def predict(self, request: Request, topk: str = "5"):
+    async def predict(self, request: Request, topk: str | None = None):
         try:
             info = await self.info()
             k = self.parse_topk(topk, len(info["class_names"]))
@@ -127,7 +126,9 @@ class CarsAPI:
             {"class_id": int(i) + 1, "class_name": info["class_names"][i], "probability": float(probs[i])} for i in order]}
 
     @staticmethod
-    def parse_topk(topk: str, num_classes: int) -> int:
+    def parse_topk(topk: str | None, num_classes: int) -> int:
+        if topk is None:
+            return min(5, num_classes)
         try:
             k = int(topk)
         except ValueError:

@@ -31,8 +31,10 @@ def ray_local():
     """One local Ray instance for the whole session: 2 CPUs, loopback only, always shut down."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=True, configure_logging=False)
+    # The dashboard's state API lets Ray Train's PlacementGroupCleaner free the resources of runs whose
+    # controller was stopped (Tune trials); without it they leak and later trials wait forever.
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=free_port(), _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
@@ -187,3 +189,26 @@ def run_pipeline(script: str, *args: str, env: dict | None = None, timeout: int 
     full_env.pop("RAY_ADDRESS", None) if env is None or "RAY_ADDRESS" not in env else None
     return subprocess.run([sys.executable, str(REPO / "pipelines" / script), *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def write_tiny_checkpoint(directory: Path, head: str = "linear", num_classes: int = 4, image_size: int = 48) -> Path:
+    """An untrained but complete checkpoint (tiny timm test model) for serving/export tests."""
+    import torch
+
+    from cars_ray.config import Config, ModelConfig
+    from cars_ray.models import create_model, preprocessing_for
+    from cars_ray.train.checkpoint import write_checkpoint
+
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(backbone="test_efficientnet", weights="none", head=head, bilinear_channels=16)
+    model = create_model(model_cfg, num_classes)
+    config = Config(model=model_cfg).to_dict()
+    meta = {"class_names": CLASS_NAMES[:num_classes], "preprocessing": preprocessing_for(model_cfg, image_size, 0.875),
+            "model": config["model"], "config": config, "epoch": 0, "metrics": {}}
+    write_checkpoint(str(directory), model.state_dict(), meta)
+    return directory
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    return write_tiny_checkpoint(tmp_path / "ckpt")

@@ -52,6 +52,8 @@ def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"too large: {err}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("unreadable: not an image file in a known format") from None
     except OSError as err:
         text = str(err)
         if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():

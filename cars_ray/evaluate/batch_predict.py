@@ -48,9 +48,10 @@ def decode_for_prediction(batch: pd.DataFrame, size: int) -> dict[str, np.ndarra
     return {"path": batch["path"].to_numpy(), "image": np.stack(images), "error": np.asarray(errors, dtype=object)}
 
 
-def predict_files(model_path: str, paths: list[str], topk: int = 5, tta: bool = False) -> pd.DataFrame:
-    """One row per input: top-1 class and probability, the top-k as JSON, or the error."""
+def predict_files(model_path: str, paths: list[str], topk: int | None = None, tta: bool = False) -> pd.DataFrame:
+    """One row per input: top-1 class and probability, the top-k (default 5) as JSON, or the error."""
     class_names, preprocessing = backend_info(model_path)
+    topk = min(5, len(class_names)) if topk is None else topk
     if not 1 <= topk <= len(class_names):
         raise DataError(f"--topk must be from 1 to {len(class_names)}, got {topk}")
     frame = pd.DataFrame({"path": paths})

@@ -25,7 +25,7 @@ from cars_ray.errors import ConfigError
 from cars_ray.train.loop import train_loop_per_worker
 from cars_ray.train.runner import scaling_config
 
-DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
 REPORTED_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
 
 
@@ -43,7 +43,8 @@ def build_search_space(cfg: Config) -> dict[str, Any]:
             raise ConfigError(str(err).replace("unknown key", "search space names unknown key")) from None
         (kind, args), = spec.items()
         domains[key] = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
-                        "choice": tune.choice, "randint": lambda a: tune.randint(*a)}[kind](args)
+                        "choice": tune.choice, "randint": lambda a: tune.randint(*a),
+                        "grid": tune.grid_search}[kind](args)
     return domains
 
 
@@ -56,7 +57,7 @@ def _sample_value(spec: Any, key: str) -> Any:
         raise ConfigError(f"tune.search_space.{key}: unknown distribution {kind!r}; expected one of {', '.join(DISTRIBUTIONS)}")
     if not isinstance(args, list) or not args:
         raise ConfigError(f"tune.search_space.{key}: {kind} needs a list of values, got {args!r}")
-    if kind == "choice":
+    if kind in ("choice", "grid"):
         return args[0]
     try:
         low, high = (float(v) for v in args)

@@ -1,0 +1,129 @@
+"""The Serve app over real HTTP on a free loopback port: predictions, every bad input, concurrency, the page."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from conftest import CLASS_NAMES, REPO, free_port, make_image, write_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, tmp_path_factory):
+    from ray import serve
+
+    from serve.app import build
+
+    checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "ckpt")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build({"checkpoint": str(checkpoint), "max_pixels": "1000000", "max_body_bytes": "2000000",
+                         "max_replicas": "1"}), name="cars", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def jpeg_bytes(size=(120, 90), seed=0) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 40 + seed).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_predict_multipart_and_raw(served):
+    response = requests.post(f"{served}/predict", files={"file": ("car.jpg", jpeg_bytes(), "image/jpeg")}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    probabilities = [p["probability"] for p in body["predictions"]]
+    assert len(probabilities) == 4 and probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) <= 1.0 + 1e-5 and {p["class_name"] for p in body["predictions"]} <= set(CLASS_NAMES)
+    raw = requests.post(f"{served}/predict?topk=2", data=jpeg_bytes(), headers={"content-type": "image/jpeg"}, timeout=60)
+    assert raw.status_code == 200 and len(raw.json()["predictions"]) == 2
+
+
+def test_health_classes_page_docs(served):
+    assert requests.get(f"{served}/health", timeout=30).json()["num_classes"] == 4
+    assert [c["class_name"] for c in requests.get(f"{served}/classes", timeout=30).json()["classes"]] == CLASS_NAMES
+    assert "Drop a car photo" in requests.get(f"{served}/", timeout=30).text
+    assert "/predict" in requests.get(f"{served}/openapi.json", timeout=30).json()["paths"]
+    assert requests.get(f"{served}/docs", timeout=30).status_code == 200
+
+
+def bomb_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1000), (10, 20, 30)).save(buffer, format="PNG")  # 2 MP > the 1 MP limit set above
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, kwargs, status", [
+    ("empty body", {"data": b"", "headers": {"content-type": "image/jpeg"}}, 400),
+    ("not an image", {"data": b"hello world", "headers": {"content-type": "image/jpeg"}}, 400),
+    ("truncated", {"data": jpeg_bytes((400, 300))[:600], "headers": {"content-type": "image/jpeg"}}, 400),
+    ("decompression bomb", {"data": bomb_png(), "headers": {"content-type": "image/png"}}, 413),
+    ("over the size limit", {"data": b"\xff" * 2_100_000, "headers": {"content-type": "image/jpeg"}}, 413),
+    ("wrong content type", {"data": b"{}", "headers": {"content-type": "application/json"}}, 415),
+    ("topk zero", {"data": jpeg_bytes(), "headers": {"content-type": "image/jpeg"}, "params": {"topk": "0"}}, 422),
+    ("topk too large", {"data": jpeg_bytes(), "headers": {"content-type": "image/jpeg"}, "params": {"topk": "99"}}, 422),
+    ("topk not a number", {"data": jpeg_bytes(), "headers": {"content-type": "image/jpeg"}, "params": {"topk": "x"}}, 422),
+    ("multipart without file", {"files": {"other": ("a.txt", b"x", "text/plain")}}, 400),
+])
+def test_bad_input_gets_one_sentence_and_service_survives(served, name, kwargs, status):
+    response = requests.post(f"{served}/predict", timeout=60, **kwargs)
+    assert response.status_code == status, (name, response.text)
+    error = response.json()["error"]
+    assert isinstance(error, str) and error and "\n" not in error
+    after = requests.post(f"{served}/predict", data=jpeg_bytes(), headers={"content-type": "image/jpeg"}, timeout=60)
+    assert after.status_code == 200
+
+
+def test_bounded_concurrency_zero_errors(served):
+    failures: list[str] = []
+    payload = jpeg_bytes(seed=3)
+
+    def client():
+        with requests.Session() as session:
+            for _ in range(25):
+                response = session.post(f"{served}/predict", data=payload, headers={"content-type": "image/jpeg"}, timeout=60)
+                if response.status_code != 200:
+                    failures.append(response.text)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not failures and not any(t.is_alive() for t in threads)
+
+
+def test_serve_config_matches_ray_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve" / "config.yaml").read_text()))
+    assert config.applications[0].import_path == "serve.app:build"
+
+
+def test_page_in_headless_chromium(served, tmp_path):
+    node, chromium = shutil.which("node"), shutil.which("chromium")
+    if not (node and chromium and (REPO / "tests" / "web" / "node_modules" / "playwright-core").is_dir()):
+        pytest.skip("needs node, Debian chromium and tests/web/node_modules/playwright-core (installed by .ci/run)")
+    image = tmp_path / "car.jpg"
+    make_image(image, (160, 100), (200, 30, 30))
+    shot = tmp_path / "page.png"
+    proc = subprocess.run([node, "page_test.js", f"{served}/", str(image), str(shot)], cwd=REPO / "tests" / "web",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["rows"]) == 4 and any(name in result["rows"][0] for name in CLASS_NAMES)
+    assert "test_efficientnet" in result["model"] and shot.stat().st_size > 5000

@@ -1,0 +1,115 @@
+"""Ray Tune search on generated data with a tiny model: results, ASHA, best choice, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cars_ray.config import load_config
+from cars_ray.errors import ConfigError
+from conftest import CLASS_NAMES, REPO, class_colour, folder_of, make_image, write_names_csv
+
+pytestmark = pytest.mark.slow
+GRID = "{optim.lr: {grid: [0.01, 0.02, 0.005, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
+
+
+@pytest.fixture(scope="module")
+def tune_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune") / "data"
+    for c, name in enumerate(CLASS_NAMES):
+        for i in range(20):
+            make_image(root / folder_of(name) / f"{i:03d}.jpg", (40, 32), class_colour(c), seed=c * 100 + i)
+    write_names_csv(root / "names.csv")
+    return root
+
+
+def tune_overrides(root, *extra):
+    return [f"data.root_dir={root}", "data.image_size=32", "data.batch_size=8", "data.augment=none",
+            "data.val_fraction=0.25", "data.test_fraction=0.25", "model.backbone=test_efficientnet",
+            "model.weights=none", "optim.late_lr=3.0e-3", "optim.early_lr=3.0e-3", "optim.schedule=none",
+            "train.epochs=3", "train.channels_last=false", "train.early_stop_patience=0",
+            f"tune.search_space={GRID}", "tune.num_samples=1", "tune.grace_period=1", "tune.reduction_factor=2",
+            "tune.max_concurrent_trials=1", "tune.metric=val_loss", "tune.mode=min", *extra]
+
+
+def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune_root, tmp_path):
+    from cars_ray.tune.runner import run_search
+
+    cfg = load_config("configs/tune_demo.yaml", tune_overrides(tune_root))
+    outcome = run_search(cfg, str(tmp_path))
+    table = pd.read_csv(tmp_path / "tune_results.csv")
+    assert len(table) == 4 and (tmp_path / "tune.png").stat().st_size > 10_000
+    hopeless = table[table["param.optim.lr"] < 1e-6].iloc[0]
+    assert hopeless.stopped_by_scheduler and hopeless.epochs_run < 3
+    assert table.stopped_by_scheduler.sum() >= 1
+    best = table.loc[table.best_val_loss.idxmin()]
+    meta = json.loads((tmp_path / "best" / "meta.json").read_text())
+    assert meta["config"]["optim"]["lr"] == pytest.approx(best["param.optim.lr"])
+    assert meta["metrics"]["val_loss"] == pytest.approx(best.best_val_loss)
+    for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confused_pairs.csv"):
+        assert (tmp_path / "evaluation" / name).exists()
+    assert outcome.test_metrics["num_images"] == 20
+    assert list((tmp_path / "ray_results" / "tune").glob("*/events.out.tfevents.*")), "TensorBoard logs"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tune.search_space={}", "tune.search_space is empty"),
+    ("tune.search_space={optim.lr: {loguniform: [0, 1]}}", "loguniform needs 0 < low < high"),
+    ("tune.search_space={optim.nope: {choice: [1]}}", "search space names unknown key 'optim.nope'"),
+    ("tune.metric=val_f1", "tune.metric 'val_f1' is not reported"),
+    ("tune.cpus_per_trial=64", "one trial needs 64 CPU"),
+    ("tune.gpus_per_trial=0.5", "0.5 GPU"),
+])
+def test_errors_fail_early(ray_local, tune_root, tmp_path, override, message):
+    from cars_ray.tune.runner import run_search
+
+    cfg = load_config("configs/tune_demo.yaml", tune_overrides(tune_root, override))
+    started = time.time()
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        run_search(cfg, str(tmp_path))
+    assert time.time() - started < 30
+
+
+def trial_progress(output: Path) -> dict[str, str]:
+    return {p.parent.name.split("_")[3]: p.read_text()
+            for p in (output / "ray_results" / "tune").glob("*/progress.csv")}
+
+
+def finished_trials(output: Path, epochs: int = 3) -> set[str]:
+    """Trials that reported all their epochs (the search below uses the FIFO scheduler)."""
+    return {trial for trial, progress in trial_progress(output).items()
+            if len(progress.strip().splitlines()) - 1 >= epochs}
+
+
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tune_root, tmp_path):
+    out = tmp_path / "search"
+    command = [sys.executable, str(REPO / "pipelines" / "tune.py"), "--config", "configs/tune_demo.yaml",
+               "--output-dir", str(out), "--num-cpus", "2", *tune_overrides(tune_root, "tune.scheduler=fifo")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    while not finished_trials(out) and time.time() < deadline and process.poll() is None:
+        time.sleep(1)
+    assert finished_trials(out), "a trial finished before the interruption"
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+    process.wait(timeout=120)
+    before = {k: v for k, v in trial_progress(out).items() if k in finished_trials(out)}
+    assert len(finished_trials(out)) < 4, "the search was interrupted before its end"
+    resumed = subprocess.run(command[:6] + ["--num-cpus", "2", "--resume"] + command[8:], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = trial_progress(out)
+    for trial, progress in before.items():
+        assert after[trial] == progress, f"finished trial {trial} was not run again"
+    table = pd.read_csv(out / "tune_results.csv")
+    assert len(table) == 4 and (table.epochs_run == 3).all()
