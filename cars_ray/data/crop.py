@@ -21,7 +21,7 @@ from cars_ray.errors import ImageError
 
 JPEG_QUALITY = 95
 UNLABELLED_FOLDER = "_unlabelled"
-ROWS_PER_BLOCK = 64
+BLOCKS_PER_CPU = 4  # enough blocks to balance load and show progress, few enough to keep task overhead low
 
 
 def plan_outputs(manifest: Manifest, output_dir: str) -> pd.DataFrame:
@@ -80,7 +80,9 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
     os.makedirs(output_dir, exist_ok=True)
     tasks = plan_outputs(manifest, output_dir)
     columns = ["row_id", "path", "x1", "y1", "x2", "y2", "out_rel", "out_path"]
-    chunks = [tasks[columns].iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(tasks), ROWS_PER_BLOCK)]
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    rows_per_block = int(np.clip(np.ceil(len(tasks) / (BLOCKS_PER_CPU * cpus)), 16, 512))
+    chunks = [tasks[columns].iloc[i:i + rows_per_block] for i in range(0, len(tasks), rows_per_block)]
     if chunks:
         results = (
             ray.data.from_pandas(chunks)
