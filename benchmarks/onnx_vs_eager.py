@@ -18,19 +18,7 @@ import time
 
 import numpy as np
 import torch
-
-
-def write_checkpoint_for(backbone: str, head: str, size: int, directory: str) -> None:
-    from cars_ray.config import Config, ModelConfig
-    from cars_ray.models import create_model, preprocessing_for
-    from cars_ray.train.checkpoint import write_checkpoint
-
-    model_cfg = ModelConfig(backbone=backbone, head=head)
-    model = create_model(model_cfg, 196)
-    config = Config(model=model_cfg).to_dict()
-    meta = {"class_names": [f"class {i}" for i in range(1, 197)], "preprocessing": preprocessing_for(model_cfg, size, 1.0),
-            "model": config["model"], "config": config, "epoch": 0, "metrics": {}}
-    write_checkpoint(directory, model.state_dict(), meta)
+from _common import write_checkpoint_for
 
 
 def timed(fn, iterations: int) -> np.ndarray:

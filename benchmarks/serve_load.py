@@ -7,7 +7,7 @@ Without --checkpoint a checkpoint of the default backbone (offline Lite2, 224 px
 head; latency does not depend on training) is built. For each batching setting, the app is
 deployed on a local Ray instance, then each client count runs for --duration seconds (each
 client sends one JPEG at a time and waits for the answer). Serve's replica count is sampled once
-a second throughout, and for 30 s after the load to show the scale-down. Prints a JSON document.
+a second throughout, and for --cooldown seconds after the load to show the scale-down. Prints a JSON document.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 import requests
+from _common import write_checkpoint_for
 from PIL import Image
 
 
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batching", default="both", choices=("both", "on", "off"))
     parser.add_argument("--max-replicas", type=int, default=3)
-    parser.add_argument("--cooldown", type=float, default=30)
+    parser.add_argument("--cooldown", type=float, default=75)  # look-back window (30 s) + downscale delay
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -110,8 +111,6 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from benchmarks.onnx_vs_eager import write_checkpoint_for
-
         checkpoint = os.path.join(tmp, "ckpt")
         write_checkpoint_for("tf_efficientnet_lite2", "linear", 224, checkpoint)
     payload = sample_jpeg()

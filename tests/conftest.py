@@ -79,15 +79,18 @@ def folder_of(name: str) -> str:
     return name.replace("/", "-")
 
 
-@pytest.fixture
-def folder_dataset(tmp_path) -> Path:
-    """<root>/<class>/<image> with names.csv, 6 images per class, learnable by colour."""
-    root = tmp_path / "folder"
+def write_class_folders(root: Path, per_class: int, size=(64, 48)) -> Path:
+    """<root>/<class>/<image> with names.csv, ``per_class`` images per class, learnable by colour."""
     for c, name in enumerate(CLASS_NAMES):
-        for i in range(6):
-            make_image(root / folder_of(name) / f"{c}_{i:03d}.jpg", (64, 48), class_colour(c), seed=c * 100 + i)
+        for i in range(per_class):
+            make_image(root / folder_of(name) / f"{c}_{i:03d}.jpg", size, class_colour(c), seed=c * 1000 + i)
     write_names_csv(root / "names.csv")
     return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path) -> Path:
+    return write_class_folders(tmp_path / "folder", 6)
 
 
 def annotation_struct(records: list[dict]) -> np.ndarray:

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 import requests

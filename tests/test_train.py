@@ -14,7 +14,7 @@ import ray.cloudpickle
 from cars_ray.config import load_config
 from cars_ray.train.loop import train_loop_per_worker
 from cars_ray.train.runner import fit
-from conftest import CLASS_NAMES, class_colour, folder_of, make_image, run_pipeline, write_names_csv
+from conftest import CLASS_NAMES, class_colour, folder_of, make_image, run_pipeline, write_class_folders, write_names_csv
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need this module's loops
@@ -22,12 +22,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need 
 
 @pytest.fixture(scope="module")
 def train_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train") / "data"
-    for c, name in enumerate(CLASS_NAMES):
-        for i in range(16):
-            make_image(root / folder_of(name) / f"{i:03d}.jpg", (48, 40), class_colour(c), seed=c * 1000 + i)
-    write_names_csv(root / "names.csv")
-    return root
+    return write_class_folders(tmp_path_factory.mktemp("train") / "data", 16, (48, 40))
 
 
 def tiny_config(root, output_dir, *overrides):
@@ -174,7 +169,7 @@ def test_checkpoint_with_other_class_count_fails_clearly(ray_local, train_root, 
 
 def test_evaluate_pipeline_on_split_file(ray_local, train_root, tmp_path):
     fit(tiny_config(train_root, tmp_path, "train.epochs=1"), str(tmp_path), evaluate_test=False)
-    split = pd.DataFrame({"path": [f"{folder_of(n)}/{i:03d}.jpg" for n in CLASS_NAMES for i in range(16)],
+    split = pd.DataFrame({"path": [f"{folder_of(n)}/{c}_{i:03d}.jpg" for c, n in enumerate(CLASS_NAMES) for i in range(16)],
                           "class_id": [c + 1 for c in range(4) for _ in range(16)],
                           "split": (["train"] * 12 + ["test"] * 4) * 4})
     split.to_csv(tmp_path / "split.csv", index=False)

@@ -15,7 +15,7 @@ import pytest
 
 from cars_ray.config import load_config
 from cars_ray.errors import ConfigError
-from conftest import CLASS_NAMES, REPO, class_colour, folder_of, make_image, write_names_csv
+from conftest import REPO, write_class_folders
 
 pytestmark = pytest.mark.slow
 GRID = "{optim.lr: {grid: [0.01, 0.02, 0.005, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
@@ -23,12 +23,7 @@ GRID = "{optim.lr: {grid: [0.01, 0.02, 0.005, 1.0e-7]}}"  # the last one can har
 
 @pytest.fixture(scope="module")
 def tune_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tune") / "data"
-    for c, name in enumerate(CLASS_NAMES):
-        for i in range(20):
-            make_image(root / folder_of(name) / f"{i:03d}.jpg", (40, 32), class_colour(c), seed=c * 100 + i)
-    write_names_csv(root / "names.csv")
-    return root
+    return write_class_folders(tmp_path_factory.mktemp("tune") / "data", 20, (40, 32))
 
 
 def tune_overrides(root, *extra):
