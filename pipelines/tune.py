@@ -20,7 +20,6 @@ from cars_ray.config import load_config
 from cars_ray.errors import ConfigError
 from cars_ray.outputs import write_atomic
 from cars_ray.runtime import add_ray_arguments, init_ray
-from cars_ray.tune.runner import run_search
 
 
 def main(argv=None) -> int:
@@ -38,6 +37,7 @@ def main(argv=None) -> int:
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
         cfg.tune.num_samples = args.num_samples
+    from cars_ray.tune.runner import run_search  # torch and Ray Train load in seconds: only once the config is good
     output_dir = os.path.abspath(args.output_dir)
     os.makedirs(output_dir, exist_ok=True)
     write_atomic(os.path.join(output_dir, "config.yaml"),

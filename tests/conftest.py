@@ -18,6 +18,8 @@ CLASS_NAMES = ["Zeta Coupe 2012", "Alpha Sedan 2010", "Ram C/V Cargo Van Minivan
 
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train polls its workers every 2 s by default; tiny test runs spend much of their time waiting on it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def free_port() -> int:

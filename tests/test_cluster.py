@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -30,7 +31,10 @@ def test_cluster_yaml_passes_ray_validation():
 def head_node(tmp_path_factory):
     """A Ray head on loopback with every port chosen free; always stopped."""
     temp_dir = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    token = temp_dir / "auth_token"  # a fresh machine has no ~/.ray/auth_token; the test brings its own
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_AUTH_TOKEN", None)
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     ports = ["--port", str(free_port()), "--dashboard-port", str(dashboard),

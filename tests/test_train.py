@@ -155,25 +155,31 @@ def test_bad_config_key_and_missing_data_fail_in_one_sentence(tmp_path):
     assert one_line_error(run_pipeline("train.py", "--config", str(bad_yaml))).startswith(f"error: {bad_yaml}:")
 
 
-def test_checkpoint_with_other_class_count_fails_clearly(ray_local, train_root, tmp_path):
-    fit(tiny_config(train_root, tmp_path, "train.epochs=1"), str(tmp_path), evaluate_test=False)
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(ray_local, train_root, tmp_path_factory):
+    """The best/ checkpoint of a 1-epoch run, shared by the evaluation tests."""
+    output = tmp_path_factory.mktemp("one_epoch")
+    fit(tiny_config(train_root, output, "train.epochs=1"), str(output), evaluate_test=False)
+    return output / "best"
+
+
+def test_checkpoint_with_other_class_count_fails_clearly(one_epoch_checkpoint, tmp_path):
     three = tmp_path / "three"
     for c, name in enumerate(CLASS_NAMES[:3]):
         make_image(three / folder_of(name) / "a.jpg", (48, 40), class_colour(c))
     write_names_csv(three / "names.csv", CLASS_NAMES[:3])
-    line = one_line_error(run_pipeline("evaluate.py", "--checkpoint", str(tmp_path / "best"), "--root-dir", str(three),
+    line = one_line_error(run_pipeline("evaluate.py", "--checkpoint", str(one_epoch_checkpoint), "--root-dir", str(three),
                                        "--output-dir", str(tmp_path / "ev")))
     assert line == f"error: the checkpoint has 4 classes but {three} has 3"
     assert not (tmp_path / "ev").exists()
 
 
-def test_evaluate_pipeline_on_split_file(ray_local, train_root, tmp_path):
-    fit(tiny_config(train_root, tmp_path, "train.epochs=1"), str(tmp_path), evaluate_test=False)
+def test_evaluate_pipeline_on_split_file(one_epoch_checkpoint, train_root, tmp_path):
     split = pd.DataFrame({"path": [f"{folder_of(n)}/{c}_{i:03d}.jpg" for c, n in enumerate(CLASS_NAMES) for i in range(16)],
                           "class_id": [c + 1 for c in range(4) for _ in range(16)],
                           "split": (["train"] * 12 + ["test"] * 4) * 4})
     split.to_csv(tmp_path / "split.csv", index=False)
-    proc = run_pipeline("evaluate.py", "--checkpoint", str(tmp_path / "best"), "--root-dir", str(train_root),
+    proc = run_pipeline("evaluate.py", "--checkpoint", str(one_epoch_checkpoint), "--root-dir", str(train_root),
                         "--split-file", str(tmp_path / "split.csv"), "--tta", "--output-dir", str(tmp_path / "ev"),
                         "--num-cpus", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -185,3 +191,33 @@ def test_evaluate_pipeline_on_split_file(ray_local, train_root, tmp_path):
     per_class = pd.read_csv(tmp_path / "ev" / "per_class.csv")
     assert list(per_class.class_name) == CLASS_NAMES and per_class.support.sum() == 16
     assert np.isclose(metrics["top1"], (pd.read_csv(tmp_path / "ev" / "predictions.csv").eval("true_id == predicted_id")).mean())
+
+
+
+def test_strong_recipe_options_and_frozen_early_backbone(ray_local, train_root, tmp_path):
+    """mixup/cutmix, EMA, gradient clipping, RandAugment, plateau schedule and flip TTA train together,
+    and an early backbone frozen for the run keeps its starting weights."""
+    import json
+
+    import torch
+
+    from cars_ray.models import create_model
+
+    cfg = tiny_config(train_root, tmp_path, "optim.mixup=0.2", "optim.cutmix=1.0", "optim.mixup_prob=1.0",
+                      "optim.ema_decay=0.9", "optim.grad_clip=1.0", "data.augment=strong", "optim.schedule=plateau",
+                      "optim.freeze_early_epochs=-1", "model.early_stages=2", "train.eval_tta=true")
+    outcome = fit(cfg, str(tmp_path))
+    assert list(outcome.history.epoch) == [1, 2]
+    assert np.isfinite(outcome.history.train_loss).all() and np.isfinite(outcome.history.val_loss).all()
+    assert json.loads((tmp_path / "best" / "meta.json").read_text())["ema"] is True
+    assert outcome.test_metrics["tta"] is True and outcome.test_metrics["num_images"] == 16
+
+    torch.manual_seed(cfg.train.seed)  # the worker of rank 0 seeds the same way before building its model
+    start = create_model(cfg.model, 4, pretrained=True)
+    names = {id(p): n for n, p in start.named_parameters()}
+    trained = torch.load(tmp_path / "best" / "model.pt", map_location="cpu", weights_only=True)  # EMA weights
+    stages = start.parameter_stages(cfg.model.early_stages)
+    assert stages["early"], "the test needs early parameters"
+    for param in stages["early"]:
+        assert torch.allclose(trained[names[id(param)]], param.detach(), atol=1e-6), names[id(param)]
+    assert any(not torch.allclose(trained[names[id(p)]], p.detach(), atol=1e-4) for p in stages["late"])
