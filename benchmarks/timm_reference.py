@@ -7,8 +7,8 @@
 DIR holds ``train.py`` and ``validate.py`` from the timm source repository at the version installed
 (they are not part of the pip package). The script
 
-1. links the ``train``/``val``/``test`` rows of ``split.csv`` into ImageFolder trees whose folders
-   ``c001``..``c196`` sort in class-id order, so timm's label k is our class index k;
+1. links the ``train``/``val``/``test`` rows of ``split.csv`` into ImageFolder trees with folders
+   ``c001``..``c196`` and a class map in class-id order, so timm's label k is our class index k;
 2. writes the offline ImageNet Lite2 weights (mapped onto timm's keys, as cars_ray does) to a
    file for ``--pretrained-path``;
 3. runs ``train.py`` with the recipe of ``configs/plain.yaml`` (AdamW 1e-3, cosine, 2 warm-up
@@ -36,8 +36,12 @@ RECIPE = ["--opt", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--sched",
 
 
 def link_split(data_root: str, folders: str) -> dict[str, int]:
-    """ImageFolder trees of symlinks, one per split; returns images per split."""
+    """ImageFolder trees of symlinks, one per split, and ``class_map.txt`` (all class folders in id
+    order: timm would otherwise number only the classes a split happens to hold). Images per split."""
     split = pd.read_csv(os.path.join(data_root, "split.csv"))
+    os.makedirs(folders, exist_ok=True)
+    with open(os.path.join(folders, "class_map.txt"), "w") as handle:
+        handle.writelines(f"c{class_id:03d}\n" for class_id in range(1, int(split.class_id.max()) + 1))
     images = os.path.join(os.path.abspath(data_root), "cropped_train")
     counts = {}
     for name, rows in split.groupby("split"):
@@ -95,7 +99,8 @@ def main() -> None:
     os.makedirs(output, exist_ok=True)
     counts = link_split(args.data_root, folders)
     write_weights(weights)
-    common = ["--model", "tf_efficientnet_lite2", "--num-classes", "196", "--img-size", str(args.img_size),
+    common = ["--model", "tf_efficientnet_lite2", "--num-classes", "196",
+              "--class-map", os.path.join(folders, "class_map.txt"), "--img-size", str(args.img_size),
               "--device", args.device, "--workers", str(args.workers)]
     train = [sys.executable, os.path.join(args.timm_dir, "train.py"), "--data-dir", folders,
              "--train-split", "train", "--val-split", "val", "--pretrained", "--pretrained-path", weights,

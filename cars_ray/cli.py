@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from cars_ray.errors import CarsRayError
+from cars_ray.errors import CarsRayError, Interrupted
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,6 +33,9 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     """Run a pipeline's main(), turning user errors into one line on stderr and an exit code."""
     try:
         code = main(argv)
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except CarsRayError as err:
         print(f"error: {err}", file=sys.stderr)
         code = EXIT_USER_ERROR

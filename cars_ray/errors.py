@@ -19,3 +19,7 @@ class CheckpointError(CarsRayError):
 
 class ImageError(CarsRayError):
     """One image cannot be used; the message is the reason recorded in reports."""
+
+
+class Interrupted(CarsRayError):
+    """The job was stopped (Ctrl-C, job stop) before its end; the message says how to continue."""

@@ -16,6 +16,7 @@ import yaml
 
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
+from cars_ray.data.loading import check_root_dir
 from cars_ray.outputs import write_atomic
 from cars_ray.runtime import add_ray_arguments, init_ray
 
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.overrides)
+    check_root_dir(cfg.data)
     from cars_ray.train.runner import fit  # torch and Ray Train load in seconds: only once the config is good
     output_dir = os.path.abspath(args.output_dir or cfg.train.output_dir)
     cfg.train.output_dir = output_dir

@@ -42,6 +42,13 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_address(ray_local) -> str:
+    """The address of the session's Ray, for pipelines run as subprocesses (``--address``): joining it
+    spares each of them a Ray start-up; test_crop and test_cluster still start their own."""
+    return ray_local.get_runtime_context().gcs_address
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED / "cropped_train").is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,29 +35,34 @@ def tiny_config(root, output_dir, *overrides):
         f"train.output_dir={output_dir}", *overrides])
 
 
-def test_two_epochs_lower_the_loss_and_write_outputs(ray_local, train_root, tmp_path):
-    cfg = tiny_config(train_root, tmp_path)
-    outcome = fit(cfg, str(tmp_path))
-    history = outcome.history
+@pytest.fixture(scope="module")
+def baseline_run(ray_local, train_root, tmp_path_factory):
+    """One worker, 2 epochs, no augmentation: checked below, compared with 2 workers, and its best/
+    checkpoint shared by the evaluation tests (each fit costs tens of seconds of process start-up)."""
+    output = tmp_path_factory.mktemp("baseline")
+    return fit(tiny_config(train_root, output, "data.augment=none"), str(output))
+
+
+def test_two_epochs_lower_the_loss_and_write_outputs(baseline_run):
+    output = Path(baseline_run.output_dir)
+    history = baseline_run.history
     assert list(history.epoch) == [1, 2]
     assert history.train_loss.iloc[1] < history.train_loss.iloc[0]
     assert {"train_loss", "val_loss", "val_top1", "lr_classifier", "images_per_second"} <= set(history.columns)
-    assert (tmp_path / "best" / "model.pt").exists() and (tmp_path / "metrics.csv").exists()
+    assert (output / "best" / "model.pt").exists() and (output / "metrics.csv").exists()
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confused_pairs.csv"):
-        assert (tmp_path / "evaluation" / name).exists(), name
-    assert outcome.test_metrics["num_images"] == 16
+        assert (output / "evaluation" / name).exists(), name
+    assert baseline_run.test_metrics["num_images"] == 16
 
 
-def test_two_workers_match_one(ray_local, train_root, tmp_path):
-    results = {}
-    for workers, batch in ((1, 8), (2, 4)):
-        cfg = tiny_config(train_root, tmp_path / str(workers), f"train.num_workers={workers}",
-                          f"data.batch_size={batch}", "data.augment=none", "train.epochs=3")
-        results[workers] = fit(cfg, str(tmp_path / str(workers)), evaluate_test=False).history.iloc[-1]
-    assert results[2].val_images == results[1].val_images == 16
-    assert results[2].train_images == results[1].train_images
-    assert abs(results[2].val_loss - results[1].val_loss) < 0.35
-    assert abs(results[2].val_top1 - results[1].val_top1) <= 0.25
+def test_two_workers_match_one(baseline_run, train_root, tmp_path):
+    one = baseline_run.history.iloc[-1]
+    cfg = tiny_config(train_root, tmp_path, "train.num_workers=2", "data.batch_size=4", "data.augment=none")
+    two = fit(cfg, str(tmp_path), evaluate_test=False).history.iloc[-1]
+    assert two.val_images == one.val_images == 16
+    assert two.train_images == one.train_images
+    assert abs(two.val_loss - one.val_loss) < 0.35
+    assert abs(two.val_top1 - one.val_top1) <= 0.25
 
 
 def crash_once_after_first_report(loop_config: dict) -> None:
@@ -155,33 +161,25 @@ def test_bad_config_key_and_missing_data_fail_in_one_sentence(tmp_path):
     assert one_line_error(run_pipeline("train.py", "--config", str(bad_yaml))).startswith(f"error: {bad_yaml}:")
 
 
-@pytest.fixture(scope="module")
-def one_epoch_checkpoint(ray_local, train_root, tmp_path_factory):
-    """The best/ checkpoint of a 1-epoch run, shared by the evaluation tests."""
-    output = tmp_path_factory.mktemp("one_epoch")
-    fit(tiny_config(train_root, output, "train.epochs=1"), str(output), evaluate_test=False)
-    return output / "best"
-
-
-def test_checkpoint_with_other_class_count_fails_clearly(one_epoch_checkpoint, tmp_path):
+def test_checkpoint_with_other_class_count_fails_clearly(baseline_run, tmp_path):
     three = tmp_path / "three"
     for c, name in enumerate(CLASS_NAMES[:3]):
         make_image(three / folder_of(name) / "a.jpg", (48, 40), class_colour(c))
     write_names_csv(three / "names.csv", CLASS_NAMES[:3])
-    line = one_line_error(run_pipeline("evaluate.py", "--checkpoint", str(one_epoch_checkpoint), "--root-dir", str(three),
+    line = one_line_error(run_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(three),
                                        "--output-dir", str(tmp_path / "ev")))
     assert line == f"error: the checkpoint has 4 classes but {three} has 3"
     assert not (tmp_path / "ev").exists()
 
 
-def test_evaluate_pipeline_on_split_file(one_epoch_checkpoint, train_root, tmp_path):
+def test_evaluate_pipeline_on_split_file(baseline_run, train_root, ray_address, tmp_path):
     split = pd.DataFrame({"path": [f"{folder_of(n)}/{c}_{i:03d}.jpg" for c, n in enumerate(CLASS_NAMES) for i in range(16)],
                           "class_id": [c + 1 for c in range(4) for _ in range(16)],
                           "split": (["train"] * 12 + ["test"] * 4) * 4})
     split.to_csv(tmp_path / "split.csv", index=False)
-    proc = run_pipeline("evaluate.py", "--checkpoint", str(one_epoch_checkpoint), "--root-dir", str(train_root),
+    proc = run_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(train_root),
                         "--split-file", str(tmp_path / "split.csv"), "--tta", "--output-dir", str(tmp_path / "ev"),
-                        "--num-cpus", "2")
+                        "--address", ray_address)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 

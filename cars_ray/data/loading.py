@@ -31,11 +31,17 @@ def resolve_root(root_dir: str) -> str:
     return root_dir
 
 
-def load_split_table(cfg: DataConfig) -> tuple[Manifest, pd.DataFrame]:
-    """The dataset's manifest and its labelled rows with a ``split`` column (train/val/test)."""
+def check_root_dir(cfg: DataConfig) -> str:
+    """The resolved data root; a missing one fails before any Ray or torch start-up."""
     root = resolve_root(cfg.root_dir)
     if not os.path.exists(root):
         raise DataError(f"data.root_dir {root} does not exist")
+    return root
+
+
+def load_split_table(cfg: DataConfig) -> tuple[Manifest, pd.DataFrame]:
+    """The dataset's manifest and its labelled rows with a ``split`` column (train/val/test)."""
+    root = check_root_dir(cfg)
     manifest = read_dataset(root, cfg.layout)
     if cfg.split_file:
         table = apply_split(manifest, read_split_file(cfg.split_file), cfg.split_file)

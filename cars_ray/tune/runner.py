@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import pandas as pd
@@ -11,7 +13,7 @@ from ray import tune
 
 from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, load_split_table
-from cars_ray.errors import ConfigError
+from cars_ray.errors import ConfigError, Interrupted
 from cars_ray.evaluate.evaluation import evaluate_checkpoint
 from cars_ray.models import preprocessing_for
 from cars_ray.outputs import write_csv, write_figure
@@ -61,8 +63,23 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False) -> SearchOutc
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage),
         )
     with ray_data_progress(False):
-        results = tuner.fit()
+        results, interrupted = fit_watching_ctrl_c(tuner)
+    if interrupted:
+        raise Interrupted(f"the search was stopped before its end; its state is saved in {experiment_dir}: "
+                          f"continue it with --resume --output-dir {output_dir}")
     return write_results(cfg, output_dir, results, manifest.class_names, table)
+
+
+def fit_watching_ctrl_c(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
+    """(results, interrupted). Tune turns a Ctrl-C into a normal return (state saved, trials marked
+    TERMINATED); its handler then puts back the one it replaced, which is how we tell the cases apart."""
+    watching = threading.current_thread() is threading.main_thread() and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
+    before = signal.getsignal(signal.SIGINT) if watching else None
+    results = tuner.fit()
+    interrupted = watching and signal.getsignal(signal.SIGINT) is before
+    if watching:
+        signal.signal(signal.SIGINT, before)  # Tune leaves its handler installed after a normal end
+    return results, interrupted
 
 
 def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_names: list[str],
