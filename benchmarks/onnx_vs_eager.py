@@ -40,9 +40,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100)
     args = parser.parse_args()
 
-    from cars_ray.data.augment import EvalTransform
-    from cars_ray.export import OnnxClassifier, export_onnx
-    from cars_ray.train.checkpoint import load_model
+    from cars_ray.checkpoint import load_model, preprocessing_of
+    from cars_ray.export import OnnxClassifier, ViewedClassifier, export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = os.path.join(tmp, "ckpt")
@@ -50,13 +49,13 @@ def main() -> None:
         onnx_path = os.path.join(tmp, "model.onnx")
         export_onnx(checkpoint, onnx_path)
         model, meta = load_model(checkpoint)
-        transform = EvalTransform(meta["preprocessing"])
+        viewed = ViewedClassifier(model, preprocessing_of(meta)).eval()
         image = np.random.default_rng(0).integers(0, 255, (1, args.size, args.size, 3), dtype=np.uint8)
         tensor = torch.from_numpy(image)
 
         def eager():
             with torch.inference_mode():
-                model(transform(tensor))
+                viewed(tensor)
 
         onnx_model = OnnxClassifier(onnx_path)
         torch_ms = timed(eager, args.iterations)

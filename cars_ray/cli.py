@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable, Sequence
 
-from cars_ray.errors import CarsRayError, Interrupted
+from cars_ray.errors import CarsRayError, ConfigError, Interrupted
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -27,6 +28,15 @@ def make_parser(description: str) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def check_number(value: float, flag: str, minimum: float | None = None, maximum: float | None = None) -> float:
+    """A numeric option must be finite and within its bounds; fails in one sentence naming the flag."""
+    if not math.isfinite(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = " and ".join(part for part in (f">= {minimum:g}" if minimum is not None else "",
+                                                  f"<= {maximum:g}" if maximum is not None else "") if part)
+        raise ConfigError(f"{flag} must be a finite number{' ' + bounds if bounds else ''}, got {value}")
+    return value
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:

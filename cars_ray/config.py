@@ -8,7 +8,9 @@ type fails with one sentence naming the file and key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ class DataConfig:
     split_seed: int = 0
     image_size: int = 224
     crop_pct: float = 1.0  # evaluation centre crop; the cache holds image_size / crop_pct pixels
+    resize_mode: str = "squash"  # squash (whole crop to a square) | shorter (short side, centre square)
     box_margin: float = 0.0  # when the layout has boxes, crop to them (grown by this fraction)
     batch_size: int = 32  # per worker
     eval_batch_size: int = 64
@@ -37,10 +40,9 @@ class DataConfig:
     rrc_scale_min: float = 0.25
     hflip: float = 0.5
     color_jitter: float = 0.2
-    randaugment_ops: int = 2
-    randaugment_magnitude: int = 9
-    shuffle_buffer: int = 1024
+    randaugment: str = "rand-m9-mstd0.5"  # timm's RandAugment string; used by augment=strong
     decode_batch_size: int = 32
+    cache_on_device: str = "auto"  # auto | true | false: the decoded images on the GPU (when training on one)
     max_images_per_class: int | None = None  # cap per class and split (quick experiments)
 
 
@@ -75,6 +77,9 @@ class OptimConfig:
     mixup_prob: float = 1.0
     grad_clip: float = 0.0  # max gradient norm (0 = off)
     ema_decay: float = 0.0  # model EMA (0 = off); evaluation then uses the EMA weights
+    # timm's EMA warm-up: the decay used at step t is min(ema_decay, 1 - (1 + t) ** -2/3), so it reaches
+    # 0.99 at step 1,000 and 0.995 at step 2,828; each run logs the decay it reached (ema_decay in metrics.csv).
+    ema_warmup: bool = True
 
 
 @dataclass
@@ -94,7 +99,8 @@ class TrainConfig:
     early_stop_min_delta: float = 0.0
     select_metric: str = "val_top1"  # which checkpoint is "best"
     select_mode: str = "max"
-    max_failures: int = 2  # worker failures restored from the last checkpoint
+    max_failures: int = 2  # worker failures restored from the last full checkpoint
+    checkpoint_every: int = 5  # epochs between full training-state checkpoints (and always the last epoch)
     storage_path: str | None = None  # Ray Train storage; default <output_dir>/ray_results (shared FS on clusters)
     run_name: str = "train"
     eval_tta: bool = False  # horizontal-flip test-time augmentation in the final evaluation
@@ -112,8 +118,9 @@ class TuneConfig:
     mode: str = "max"
     num_samples: int = 8
     max_concurrent_trials: int = 0  # 0 = as many as resources allow
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # a fraction lets several trials share one GPU
+    # Per training worker of a trial; unset (null) keeps train.cpus_per_worker / train.use_gpu + gpus_per_worker.
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None  # a fraction lets several trials share one GPU; 0 trains trials on CPU
 
 
 @dataclass
@@ -127,41 +134,75 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "Config":
+        """A config from ``{section: {key: value}}`` (what :meth:`to_dict` writes); unknown keys fail."""
+        config = cls()
+        for section, values in raw.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{source}: unknown section {section!r}; expected one of {', '.join(SECTIONS)}")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                config.set(f"{section}.{key}", value, source)
+        return config
+
+    def set(self, dotted: str, value: Any, source: str = "config") -> None:
+        """Set ``section.key`` to ``value``, coerced to the key's type; fails naming ``source`` and the key."""
+        parts = dotted.split(".")
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            raise ConfigError(f"{source}: unknown key {dotted!r}; keys look like section.key with section one of "
+                              f"{', '.join(SECTIONS)}")
+        section = getattr(self, parts[0])
+        hints = typing.get_type_hints(type(section))
+        if parts[1] not in hints:
+            raise ConfigError(f"{source}: unknown key {dotted!r}; {parts[0]} has keys {', '.join(sorted(hints))}")
+        setattr(section, parts[1], _coerce(value, hints[parts[1]], dotted, source))
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+BASE_KEY = "base"  # a config file may name another (relative to itself) and override it
+
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or the defaults when path is None) and apply ``key=value`` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                raw = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else path
-            raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, train, tune)")
-    config = config_from_dict(raw, source=path or "defaults")
+    raw = read_config_file(path) if path is not None else {}
+    config = Config.from_dict(raw, source=path or "defaults")
     for item in overrides:
         apply_override(config, item)
     validate(config)
     return config
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    config = Config()
+def read_config_file(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The file's sections, merged key by key over those of the file its ``base:`` names (recursively)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist" + (f" (named as base by {seen[-1]})" if seen else ""))
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"{path}: base configs form a cycle ({' -> '.join(seen + (os.path.abspath(path),))})")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, optim, train, tune)")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must name one config file, got {base!r}")
+    merged = read_config_file(os.path.join(os.path.dirname(path), base), seen + (os.path.abspath(path),))
     for section, values in raw.items():
-        if section not in _sections():
-            raise ConfigError(f"{source}: unknown section {section!r}; expected one of {', '.join(_sections())}")
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping")
-        for key, value in values.items():
-            _set(config, f"{section}.{key}", value, source)
-    return config
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def apply_override(config: Config, item: str) -> None:
@@ -173,23 +214,7 @@ def apply_override(config: Config, item: str) -> None:
         value = yaml.safe_load(text) if text != "" else None
     except yaml.YAMLError:
         value = text
-    _set(config, key.strip(), value, "command line")
-
-
-def _sections() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
-
-
-def _set(config: Config, dotted: str, value: Any, source: str) -> None:
-    parts = dotted.split(".")
-    if len(parts) != 2 or parts[0] not in _sections():
-        raise ConfigError(f"{source}: unknown key {dotted!r}; keys look like section.key with section one of "
-                          f"{', '.join(_sections())}")
-    section = getattr(config, parts[0])
-    hints = typing.get_type_hints(type(section))
-    if parts[1] not in hints:
-        raise ConfigError(f"{source}: unknown key {dotted!r}; {parts[0]} has keys {', '.join(sorted(hints))}")
-    setattr(section, parts[1], _coerce(value, hints[parts[1]], dotted, source))
+    config.set(key.strip(), value, "command line")
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -198,7 +223,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if type(None) in args:
             return None
         raise ConfigError(f"{source}: {key} must not be empty")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
     target = origin or hint
@@ -208,10 +233,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
     if target is float and isinstance(value, str):
         try:
-            return float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
+            value = float(value)  # YAML 1.1 reads "3e-4" (no dot) as a string
         except ValueError:
             pass
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
         return float(value)
     if target is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -226,6 +253,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 CHOICES = {
     "data.augment": ("none", "light", "standard", "strong"),
+    "data.resize_mode": ("squash", "shorter"),
+    "data.cache_on_device": ("auto", "true", "false"),
     "model.head": ("linear", "bilinear_attention"),
     "optim.schedule": ("cosine", "plateau", "none"),
     "train.use_gpu": ("auto", "true", "false"),
@@ -236,22 +265,63 @@ CHOICES = {
     "tune.scheduler": ("asha", "fifo"),
     "tune.mode": ("min", "max"),
 }
+# Numbers that must lie in a range: (low, high, low inclusive, high inclusive); None = unbounded.
+RANGES = {
+    "data.val_fraction": (0, 1, True, False), "data.test_fraction": (0, 1, True, False),
+    "data.image_size": (1, None, True, True), "data.batch_size": (1, None, True, True),
+    "data.eval_batch_size": (1, None, True, True), "data.decode_batch_size": (1, None, True, True),
+    "data.crop_pct": (0, 1, False, True), "data.rrc_scale_min": (0, 1, False, True),
+    "data.box_margin": (0, None, True, True), "data.hflip": (0, 1, True, True), "data.color_jitter": (0, 1, True, True),
+    "model.dropout": (0, 1, True, False), "model.drop_path": (0, 1, True, False), "model.bilinear_channels": (1, None, True, True),
+    "model.early_stages": (0, None, True, True),
+    "optim.lr": (0, None, False, True), "optim.late_lr": (0, None, True, True), "optim.early_lr": (0, None, True, True),
+    "optim.weight_decay": (0, None, True, True), "optim.momentum": (0, 1, True, False),
+    "optim.warmup_epochs": (0, None, True, True), "optim.min_lr_ratio": (0, 1, True, True),
+    "optim.plateau_factor": (0, 1, False, False), "optim.plateau_patience": (0, None, True, True),
+    "optim.label_smoothing": (0, 1, True, False), "optim.mixup": (0, None, True, True), "optim.cutmix": (0, None, True, True),
+    "optim.mixup_prob": (0, 1, True, True), "optim.grad_clip": (0, None, True, True), "optim.ema_decay": (0, 1, True, False),
+    "train.epochs": (1, None, True, True), "train.num_workers": (1, None, True, True),
+    "train.cpus_per_worker": (0, None, False, True), "train.gpus_per_worker": (0, None, False, True),
+    "train.early_stop_patience": (0, None, True, True), "train.early_stop_min_delta": (0, None, True, True),
+    "train.max_failures": (-1, None, True, True), "train.checkpoint_every": (1, None, True, True),
+    "tune.grace_period": (1, None, True, True), "tune.reduction_factor": (2, None, True, True),
+    "tune.num_samples": (1, None, True, True), "tune.max_concurrent_trials": (0, None, True, True),
+    "tune.cpus_per_trial": (0, None, True, True), "tune.gpus_per_trial": (0, None, True, True),
+}
 
 
 def validate(config: Config) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express; each failure names the key."""
     for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(config, section), key)
+        value = _get(config, dotted)
         if value not in allowed:
             raise ConfigError(f"{dotted} is {value!r}; expected one of {', '.join(allowed)}")
-    positive = {"data.image_size": config.data.image_size, "data.batch_size": config.data.batch_size,
-                "train.epochs": config.train.epochs, "train.num_workers": config.train.num_workers,
-                "optim.lr": config.optim.lr}
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
-    if not 0 < config.data.crop_pct <= 1:
-        raise ConfigError(f"data.crop_pct must be in (0, 1], got {config.data.crop_pct}")
-    if not 0 < config.data.rrc_scale_min <= 1:
-        raise ConfigError(f"data.rrc_scale_min must be in (0, 1], got {config.data.rrc_scale_min}")
+    for dotted, (low, high, low_inclusive, high_inclusive) in RANGES.items():
+        value = _get(config, dotted)
+        if value is None:
+            continue
+        too_low = low is not None and (value < low if low_inclusive else value <= low)
+        too_high = high is not None and (value > high if high_inclusive else value >= high)
+        if too_low or too_high:
+            raise ConfigError(f"{dotted} is {value}; it must be in {'[' if low_inclusive else '('}{low}, "
+                              f"{'inf' if high is None else high}{']' if high_inclusive and high is not None else ')'}")
+    if config.data.val_fraction + config.data.test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction is "
+                          f"{config.data.val_fraction + config.data.test_fraction:g}; it must be below 1")
+    from cars_ray.data.augment_spec import RandAugmentSpec
+
+    try:
+        RandAugmentSpec.parse(config.data.randaugment)
+    except ValueError as err:
+        raise ConfigError(f"data.randaugment: {err}") from None
+    from cars_ray.train import EPOCH_METRICS
+
+    for dotted in ("train.early_stop_metric", "train.select_metric", "tune.metric"):
+        if _get(config, dotted) not in EPOCH_METRICS:
+            raise ConfigError(f"{dotted} is {_get(config, dotted)!r}, which training does not report; "
+                              f"use one of {', '.join(EPOCH_METRICS)}")
+
+
+def _get(config: Config, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)

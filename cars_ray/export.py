@@ -1,4 +1,9 @@
-"""ONNX export of a checkpoint, with class names and preprocessing embedded, and a parity check."""
+"""ONNX export of a checkpoint, with class names and preprocessing embedded, and a parity check.
+
+The exported graph is the evaluation view (``Preprocessing.eval_view``: centre crop, scale,
+normalise) followed by the model, so it takes the same uint8 (B, resize, resize, 3) batches as the
+PyTorch path and no runtime re-implements the view.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +15,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from cars_ray.data.augment import EvalTransform
+from cars_ray.checkpoint import load_model, preprocessing_of
 from cars_ray.errors import CheckpointError
-from cars_ray.train.checkpoint import load_model
+from cars_ray.outputs import write_atomic
+from cars_ray.preprocessing import Preprocessing
 
 OPSET = 17
+INPUT_NAME = "images"  # uint8 (batch, resize, resize, 3)
 
 
-class NormalizedClassifier(torch.nn.Module):
-    """The model plus its input normalisation: the exported graph takes float RGB in [0, 1], NCHW."""
+class ViewedClassifier(torch.nn.Module):
+    """The evaluation view and the model in one module: uint8 NHWC images in, logits out."""
 
-    def __init__(self, model: torch.nn.Module, mean, std):
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing):
         super().__init__()
+        self.view = preprocessing.eval_view()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model((pixels - self.mean) / self.std)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.view(images))
 
 
 def export_onnx(checkpoint_dir: str, out_path: str) -> dict[str, Any]:
@@ -35,30 +41,28 @@ def export_onnx(checkpoint_dir: str, out_path: str) -> dict[str, Any]:
     import onnx
 
     model, meta = load_model(checkpoint_dir)
-    pre = meta["preprocessing"]
-    wrapped = NormalizedClassifier(model, pre["mean"], pre["std"]).eval()
-    dummy = torch.rand(2, 3, pre["image_size"], pre["image_size"])
-    tmp = f"{out_path}.tmp-{os.getpid()}"
-    try:
-        torch.onnx.export(wrapped, (dummy,), tmp, input_names=["pixels"], output_names=["logits"],
-                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
+    preprocessing = preprocessing_of(meta, checkpoint_dir)
+    wrapped = ViewedClassifier(model.to(memory_format=torch.contiguous_format), preprocessing).eval()
+    dummy = torch.randint(0, 256, (2, preprocessing.resize, preprocessing.resize, 3), dtype=torch.uint8)
+    metadata = {
+        "class_names": json.dumps(meta["class_names"]),
+        "preprocessing": json.dumps(preprocessing.to_dict()),
+        "model": json.dumps(meta["model"]),
+        "source_checkpoint": os.path.abspath(checkpoint_dir),
+    }
+
+    def write(tmp: str) -> None:
+        torch.onnx.export(wrapped, (dummy,), tmp, input_names=[INPUT_NAME], output_names=["logits"],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
                           dynamo=False)
         proto = onnx.load(tmp)
-        metadata = {
-            "class_names": json.dumps(meta["class_names"]),
-            "preprocessing": json.dumps({**pre, "normalized_in_graph": True}),
-            "model": json.dumps(meta["model"]),
-            "source_checkpoint": os.path.abspath(checkpoint_dir),
-        }
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomic(out_path, write)
     return metadata
 
 
@@ -70,24 +74,22 @@ class OnnxClassifier:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own assorted types for unreadable files
+            raise CheckpointError(f"{path} is not a readable ONNX model ({type(err).__name__})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         if "class_names" not in props or "preprocessing" not in props:
             raise CheckpointError(f"{path} lacks cars_ray metadata (class_names, preprocessing); export it with pipelines/export.py")
+        if self.session.get_inputs()[0].name != INPUT_NAME:
+            raise CheckpointError(f"{path} takes {self.session.get_inputs()[0].name!r}, not uint8 {INPUT_NAME!r}: "
+                                  "it was exported by an older cars_ray; export it again with pipelines/export.py")
         self.class_names = json.loads(props["class_names"])
-        self.preprocessing = json.loads(props["preprocessing"])
+        self.preprocessing = Preprocessing.from_dict(json.loads(props["preprocessing"]), path)
         self.model_config = json.loads(props.get("model", "{}"))
 
-    def pixels(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (B, H, W, 3) cache-sized images -> float (B, 3, S, S) centre crop in [0, 1]."""
-        size = self.preprocessing["image_size"]
-        top = (images.shape[1] - size) // 2
-        left = (images.shape[2] - size) // 2
-        crop = images[:, top:top + size, left:left + size]
-        return np.ascontiguousarray(crop.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], {"pixels": self.pixels(images)})[0]
+        return self.session.run(["logits"], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})[0]
 
 
 @dataclass
@@ -104,7 +106,7 @@ def check_parity(checkpoint_dir: str, onnx_path: str, images: np.ndarray) -> Par
     """Compare PyTorch (fp32, CPU) and onnxruntime logits on a batch of uint8 images."""
     model, meta = load_model(checkpoint_dir)
     with torch.no_grad():
-        torch_logits = model(EvalTransform(meta["preprocessing"])(torch.from_numpy(images))).numpy()
+        torch_logits = ViewedClassifier(model, preprocessing_of(meta, checkpoint_dir))(torch.from_numpy(images)).numpy()
     onnx_logits = OnnxClassifier(onnx_path).logits(images)
     return ParityReport(float(np.abs(torch_logits - onnx_logits).max()),
                         float((torch_logits.argmax(1) == onnx_logits.argmax(1)).mean()), len(images))

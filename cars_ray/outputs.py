@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
+
+from cars_ray.errors import DataError
 
 
 def write_atomic(path: str, write: Callable[[str], None]) -> None:
@@ -45,13 +47,19 @@ def write_figure(path: str, figure) -> None:
     plt.close(figure)
 
 
-def replace_dir(src: str, dst: str) -> None:
-    """Copy directory ``src`` to ``dst`` so that ``dst`` appears complete or not at all."""
+def replace_dir(src: str, dst: str, only: Sequence[str] | None = None) -> None:
+    """Copy directory ``src`` (or only the files named in ``only``) to ``dst`` so that ``dst`` appears
+    complete or not at all."""
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
     try:
-        shutil.copytree(src, os.path.join(staging, "d"))
+        if only is None:
+            shutil.copytree(src, os.path.join(staging, "d"))
+        else:
+            os.makedirs(os.path.join(staging, "d"))
+            for name in only:
+                shutil.copy2(os.path.join(src, name), os.path.join(staging, "d", name))
         if os.path.exists(dst):
             old = tempfile.mkdtemp(dir=parent, prefix=".old-")
             os.replace(dst, os.path.join(old, "d"))
@@ -67,3 +75,69 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_yaml(path: str, data: Any) -> None:
+    import yaml
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False)
+    write_atomic(path, dump)
+
+
+def check_output_path(path: str, kind: str, inputs: Sequence[str | None], flag: str) -> str:
+    """Resolve an output path before any work starts and refuse one that would touch an input.
+
+    ``kind`` is "dir" or "file". The path must not be, contain, or lie inside any of ``inputs``
+    (dataset root, manifest, split file, checkpoint); it must be of the right kind where it exists,
+    and its nearest existing parent must be a writable folder. Fails with one sentence (DataError).
+    """
+    resolved = os.path.realpath(path)
+    for source in filter(None, inputs):
+        real = os.path.realpath(source)
+        relation = ("is" if resolved == real else "lies inside" if _inside(resolved, real)
+                    else "contains" if _inside(real, resolved) else None)
+        if relation:
+            raise DataError(f"{flag} {path} {relation} the input {source}; write outputs somewhere apart from the inputs")
+    if kind == "dir" and os.path.exists(resolved) and not os.path.isdir(resolved):
+        raise DataError(f"{flag} {path} is an existing file; it must name a folder")
+    if kind == "file" and os.path.isdir(resolved):
+        raise DataError(f"{flag} {path} is a folder; it must name a file")
+    parent = resolved if kind == "dir" else os.path.dirname(resolved)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DataError(f"{flag} {path} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {path} cannot be written: {parent} is not writable")
+    return resolved
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder and path != folder
+
+
+def check_earlier_output(path: str, markers: Sequence[str], resume: bool, overwrite: bool, flag: str,
+                         can_resume: bool = True) -> bool:
+    """Whether ``path`` holds an earlier output (one of ``markers`` exists in it); refuse to replace one
+    unless --overwrite (or continue it with --resume) was given. Fails with one sentence (DataError)."""
+    if resume and overwrite:
+        raise DataError("--resume and --overwrite exclude each other: continue the earlier output or replace it")
+    found = [name for name in markers if os.path.exists(os.path.join(path, name))]
+    if resume and not found:
+        raise DataError(f"--resume: {flag} {path} holds no earlier output to continue")
+    if found and not (resume or overwrite):
+        how = "continue it with --resume or replace it with --overwrite" if can_resume else "replace it with --overwrite"
+        raise DataError(f"{flag} {path} already holds an earlier output ({', '.join(found)}); {how}")
+    return bool(found)
+
+
+def remove_outputs(path: str, names: Sequence[str]) -> None:
+    """Delete the named files and folders of an earlier output in ``path`` (for --overwrite)."""
+    for name in names:
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.remove(target)

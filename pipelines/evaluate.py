@@ -16,9 +16,10 @@ from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.data.split import SPLITS, apply_split, read_split_file
 from cars_ray.errors import DataError
-from cars_ray.evaluate.evaluation import evaluate_checkpoint
+from cars_ray.evaluate.evaluation import EVALUATION_OUTPUTS, evaluate_checkpoint
+from cars_ray.outputs import check_earlier_output, check_output_path
 from cars_ray.runtime import add_ray_arguments, init_ray
-from cars_ray.train.checkpoint import check_classes, read_meta
+from cars_ray.checkpoint import check_classes, read_meta
 
 
 def main(argv=None) -> int:
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", choices=SPLITS, help="rows of --split-file to evaluate")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --output-dir")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -44,8 +46,11 @@ def main(argv=None) -> int:
         rows, title = manifest.table[manifest.table.class_index >= 0], "all labelled images"
     if rows.empty:
         raise DataError(f"no labelled images to evaluate in {args.root_dir}" + (f" for split {args.split!r}" if args.split_file else ""))
+    output_dir = check_output_path(args.output_dir, "dir", [args.checkpoint, args.root_dir, manifest.root, args.split_file],
+                                   "--output-dir")
+    check_earlier_output(output_dir, EVALUATION_OUTPUTS, False, args.overwrite, "--output-dir", can_resume=False)
     init_ray(args.address, args.num_cpus)
-    metrics = evaluate_checkpoint(args.checkpoint, rows, manifest.class_names, args.output_dir, tta=args.tta,
+    metrics = evaluate_checkpoint(args.checkpoint, rows, manifest.class_names, output_dir, tta=args.tta,
                                   title=title, source=args.root_dir)
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro",
                                                  "balanced_accuracy", "num_images")}, indent=2))

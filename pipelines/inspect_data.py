@@ -1,19 +1,24 @@
 """Inspect a Stanford Cars dataset in any layout: classes, counts, sizes and every problem.
 
-    python pipelines/inspect_data.py --root-dir R --output-dir O [--show-classes N]
+    python pipelines/inspect_data.py --root-dir R --output-dir O [--show-classes N] [--overwrite]
 
-Writes O/inspect.json and O/samples.png (one image per class for the first N classes).
+Writes O/inspect.json and O/samples.png (one image per class for the first N classes). Exits 1,
+after writing the report, when the data cannot be trained on: no readable image, or a class
+without one. An O holding an earlier report is replaced only with --overwrite.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-from cars_ray.cli import EXIT_OK, make_parser, run_main
-from cars_ray.data.inspection import format_summary, inspect_manifest, samples_figure
+from cars_ray.cli import EXIT_FAILED, EXIT_OK, make_parser, run_main
+from cars_ray.data.inspection import format_summary, inspect_manifest, samples_figure, unusable_reasons
 from cars_ray.data.layouts import LAYOUTS, read_dataset
-from cars_ray.outputs import write_figure, write_json
+from cars_ray.outputs import check_earlier_output, check_output_path, write_figure, write_json
 from cars_ray.runtime import add_ray_arguments, init_ray
+
+INSPECT_OUTPUTS = ("inspect.json", "samples.png")
 
 
 def main(argv=None) -> int:
@@ -22,18 +27,24 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--show-classes", type=int, default=20, help="classes in samples.png (default 20)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output-dir")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
     manifest = read_dataset(args.root_dir, args.layout)
+    output_dir = check_output_path(args.output_dir, "dir", [args.root_dir, manifest.root], "--output-dir")
+    check_earlier_output(output_dir, INSPECT_OUTPUTS, False, args.overwrite, "--output-dir", can_resume=False)
     init_ray(args.address, args.num_cpus)
     report = inspect_manifest(manifest)
     print(format_summary(report))
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_json(os.path.join(args.output_dir, "inspect.json"), report)
-    write_figure(os.path.join(args.output_dir, "samples.png"), samples_figure(manifest, args.show_classes))
+    os.makedirs(output_dir, exist_ok=True)
+    write_json(os.path.join(output_dir, "inspect.json"), report)
+    write_figure(os.path.join(output_dir, "samples.png"), samples_figure(manifest, args.show_classes))
     print(f"wrote {args.output_dir}/inspect.json and {args.output_dir}/samples.png")
-    return EXIT_OK
+    reasons = unusable_reasons(report)
+    for reason in reasons:
+        print(f"error: the data cannot be trained on: {reason}", file=sys.stderr)
+    return EXIT_FAILED if reasons else EXIT_OK
 
 
 if __name__ == "__main__":

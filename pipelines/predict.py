@@ -1,18 +1,23 @@
 """Predict car classes for files, folders or globs with Ray Data (GPUs when present).
 
     python pipelines/predict.py --checkpoint C --input PATH [PATH ...] [--output preds.csv] [--topk 5] [--tta]
+                                [--overwrite]
 
 One row per image: path, class_id, class_name, probability, topk (JSON), error. Unreadable
 inputs become rows with an error; they never stop the run. C may also be an exported .onnx file.
+The checkpoint and the output path are checked before any inference starts; an existing output
+file is replaced only with --overwrite.
 """
 
 from __future__ import annotations
 
+import os
+
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
-from cars_ray.outputs import write_csv
+from cars_ray.evaluate.predictor import backend_info
+from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
 from cars_ray.runtime import add_ray_arguments, init_ray
-from cars_ray.train.checkpoint import read_meta
 
 
 def main(argv=None) -> int:
@@ -22,15 +27,18 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="predictions.csv")
     parser.add_argument("--topk", type=int, default=None, help="classes listed per image (default 5, or all if fewer)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
-    if not args.checkpoint.endswith(".onnx"):
-        read_meta(args.checkpoint)  # fail before starting Ray when the checkpoint is unusable
+    backend_info(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
     paths = expand_inputs(args.input)
+    output = check_output_path(args.output, "file", [args.checkpoint, *args.input], "--output")
+    check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,
+                         "the folder of --output", can_resume=False)
     init_ray(args.address, args.num_cpus)
     predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)  # None: min(5, classes)
-    write_csv(args.output, predictions)
+    write_csv(output, predictions)
     failed = int((predictions.error != "").sum())
     print(f"wrote {args.output}: {len(predictions)} images, {failed} unreadable")
     return EXIT_OK

@@ -1,18 +1,22 @@
 """Write a seeded, per-class stratified train/val/test split file (path,class_id,split).
 
     python pipelines/split.py --root-dir R --out split.csv [--val 0.1] [--test 0.2] [--seed 0]
-                              [--protocol random|official]
+                              [--protocol random|official] [--overwrite]
 
 The same inputs give a byte-identical file. `official` keeps the dataset's own test images
-as test and carves validation from its training images.
+as test and carves validation from its training images. An existing --out file is replaced only
+with --overwrite, and never when it is one of the inputs. Classes too small to give a
+validation or test row are named in a warning.
 """
 
 from __future__ import annotations
 
-from cars_ray.cli import EXIT_OK, make_parser, run_main
+import os
+
+from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
 from cars_ray.data.layouts import LAYOUTS, read_dataset
-from cars_ray.data.split import PROTOCOLS, stratified_split
-from cars_ray.outputs import write_csv
+from cars_ray.data.split import PROTOCOLS, split_warnings, stratified_split, write_split
+from cars_ray.outputs import check_earlier_output, check_output_path
 
 
 def main(argv=None) -> int:
@@ -24,11 +28,19 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=float, default=0.2, help="test fraction per class, random protocol (default 0.2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--protocol", default="random", choices=PROTOCOLS)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    check_number(args.val, "--val", 0, 1)
+    check_number(args.test, "--test", 0, 1)
 
     manifest = read_dataset(args.root_dir, args.layout)
+    out = check_output_path(args.out, "file", [args.root_dir, manifest.root], "--out")
+    check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
+                         can_resume=False)
     split = stratified_split(manifest, args.val, args.test, args.seed, args.protocol)
-    write_csv(args.out, split[["path", "class_id", "split"]])
+    for warning in split_warnings(split, manifest.class_names):
+        print(f"warning: {warning}")
+    write_split(split, out)
     counts = split.split.value_counts()
     print(f"wrote {args.out}: " + ", ".join(f"{name} {int(counts.get(name, 0))}" for name in ("train", "val", "test")))
     return EXIT_OK

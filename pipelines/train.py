@@ -1,10 +1,12 @@
 """Train a car classifier on Ray Train, then evaluate the best checkpoint on the test rows.
 
-    python pipelines/train.py --config FILE [--output-dir O] [--resume] [key=value ...]
+    python pipelines/train.py --config FILE [--output-dir O] [--resume | --overwrite] [key=value ...]
 
 Overrides look like `optim.lr=3e-4 train.epochs=30`. O/ receives config.yaml (resolved),
 metrics.csv (one row per epoch), best/ (the checkpoint other pipelines take as --checkpoint)
 and evaluation/ (metrics.json, per_class.csv, confusion_matrix.png, confused_pairs.csv).
+An O/ that holds an earlier run is never replaced silently: --resume continues it, --overwrite
+replaces it, and without either the command stops before doing anything.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import os
 import time
 
-import yaml
-
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
-from cars_ray.data.loading import check_root_dir
-from cars_ray.outputs import write_atomic
+from cars_ray.data.loading import check_root_dir, load_training_table
+from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
 from cars_ray.runtime import add_ray_arguments, init_ray
+
+# What a run writes into its output folder (ray_results/<run_name> is named by the config).
+RUN_OUTPUTS = ("config.yaml", "metrics.csv", "best", "evaluation")
 
 
 def main(argv=None) -> int:
@@ -26,22 +29,29 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--output-dir", default=None, help="default: train.output_dir of the config")
     parser.add_argument("--resume", action="store_true", help="continue the stopped run in --output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config, args.overrides)
-    check_root_dir(cfg.data)
-    from cars_ray.train.runner import fit  # torch and Ray Train load in seconds: only once the config is good
-    output_dir = os.path.abspath(args.output_dir or cfg.train.output_dir)
+    root = check_root_dir(cfg.data)
+    output_dir = check_output_path(args.output_dir or cfg.train.output_dir, "dir",
+                                   [root, cfg.data.split_file, cfg.model.weights if os.path.isfile(cfg.model.weights) else None],
+                                   "--output-dir")
+    run_outputs = RUN_OUTPUTS + (os.path.join("ray_results", cfg.train.run_name),)
+    if check_earlier_output(output_dir, run_outputs, args.resume, args.overwrite, "--output-dir") and args.overwrite:
+        remove_outputs(output_dir, run_outputs)
+    data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
+    from cars_ray.train.runner import fit  # torch and Ray Train load in seconds: only once the inputs are good
+
     cfg.train.output_dir = output_dir
     os.makedirs(output_dir, exist_ok=True)
-    write_atomic(os.path.join(output_dir, "config.yaml"),
-                 lambda tmp: open(tmp, "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
     init_ray(args.address, args.num_cpus)
     print(f"[cars_ray] Ray ready in {time.perf_counter() - started:.1f}s")
-    outcome = fit(cfg, output_dir, resume=args.resume)
+    outcome = fit(cfg, output_dir, resume=args.resume, data=data)
     print(results_table(outcome, time.perf_counter() - started))
     return EXIT_OK
 

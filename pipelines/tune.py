@@ -1,11 +1,12 @@
 """Search learning rates (and other keys) on Ray Tune, stopping bad trials early with ASHA.
 
-    python pipelines/tune.py --config FILE [--output-dir O] [--num-samples N] [--resume] [key=value ...]
+    python pipelines/tune.py --config FILE [--output-dir O] [--num-samples N] [--resume | --overwrite] [key=value ...]
 
 The config's `tune:` section names the search space, algorithm, scheduler, metric and per-trial
 resources. O/ receives tune_results.csv (one row per trial), tune.png (validation curves),
 best/ (the best trial's checkpoint, as train.py writes it) and evaluation/ (its test metrics).
-Trial logs for TensorBoard: `tensorboard --logdir O/ray_results/tune`.
+Trial logs for TensorBoard: `tensorboard --logdir O/ray_results/tune`. An O holding an earlier
+search is continued with --resume or replaced with --overwrite; without either the command stops.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import os
 import time
 
-import yaml
-
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
+from cars_ray.data.loading import check_root_dir, load_training_table
 from cars_ray.errors import ConfigError
-from cars_ray.outputs import write_atomic
+from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
 from cars_ray.runtime import add_ray_arguments, init_ray
+
+SEARCH_OUTPUTS = ("config.yaml", "tune_results.csv", "tune.png", "best", "evaluation", "ray_results")
 
 
 def main(argv=None) -> int:
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="runs/tune")
     parser.add_argument("--num-samples", type=int, default=None, help="trials (default: tune.num_samples)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier search in --output-dir")
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
@@ -37,14 +40,18 @@ def main(argv=None) -> int:
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
         cfg.tune.num_samples = args.num_samples
-    from cars_ray.tune.runner import run_search  # torch and Ray Train load in seconds: only once the config is good
-    output_dir = os.path.abspath(args.output_dir)
+    root = check_root_dir(cfg.data)
+    output_dir = check_output_path(args.output_dir, "dir", [root, cfg.data.split_file], "--output-dir")
+    if check_earlier_output(output_dir, SEARCH_OUTPUTS, args.resume, args.overwrite, "--output-dir") and args.overwrite:
+        remove_outputs(output_dir, SEARCH_OUTPUTS)
+    data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
+    from cars_ray.tune.runner import run_search  # torch and Ray Train load in seconds: only once the inputs are good
+
     os.makedirs(output_dir, exist_ok=True)
-    write_atomic(os.path.join(output_dir, "config.yaml"),
-                 lambda tmp: open(tmp, "w").write(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+    write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
     init_ray(args.address, args.num_cpus)
-    outcome = run_search(cfg, output_dir, resume=args.resume)
+    outcome = run_search(cfg, output_dir, resume=args.resume, data=data)
     metric = f"best_{cfg.tune.metric}"
     columns = ["trial_id"] + [c for c in outcome.table.columns if c.startswith("param.")] + \
               [metric, "epochs_run", "stopped_by_scheduler"]

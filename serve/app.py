@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from cars_ray.data.images import open_rgb, resize_square
 from cars_ray.errors import ImageError
+from cars_ray.preprocessing import Preprocessing
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -59,7 +59,7 @@ class Classifier:
 
     def info(self) -> dict[str, Any]:
         return {"model": self.backend.name, "class_names": self.backend.class_names,
-                "preprocessing": self.backend.preprocessing}
+                "preprocessing": self.backend.preprocessing.to_dict()}
 
     async def predict(self, image: np.ndarray) -> np.ndarray:
         if self.batching:
@@ -92,7 +92,8 @@ class CarsAPI:
 
     async def info(self) -> dict[str, Any]:
         if self._info is None:
-            self._info = await self.classifier.info.remote()
+            info = await self.classifier.info.remote()
+            self._info = {**info, "preprocessing": Preprocessing.from_dict(info["preprocessing"], "the model replica")}
         return self._info
 
     @api.get("/health")
@@ -176,13 +177,12 @@ class CarsAPI:
             raise UserInputError(400, "the multipart form has no 'file' field with an image")
         return await upload.read()
 
-    def decode(self, data: bytes, preprocessing: dict) -> np.ndarray:
+    def decode(self, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
         try:
-            image = open_rgb(data, max_pixels=self.max_pixels)
+            return preprocessing.decode(data, max_pixels=self.max_pixels)
         except ImageError as err:
             status = 413 if str(err).startswith("too large") else 400
             raise UserInputError(status, f"the upload is not a usable image ({err})") from None
-        return resize_square(image, int(preprocessing["resize"]))
 
 
 def build(args: dict[str, str]) -> serve.Application:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from helpers.data import REPO, free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -55,7 +55,7 @@ def submit(head: dict, *entrypoint: str, timeout: int = 600) -> subprocess.Compl
     """`ray job submit --working-dir .` as a user would; waits for the job to end."""
     return subprocess.run(
         [RAY, "job", "submit", "--address", head["address"], "--working-dir", str(REPO),
-         "--runtime-env-json", json.dumps({"excludes": [".git", "runs", "outputs", "*.onnx"]}), "--", *entrypoint],
+         "--runtime-env-json", json.dumps({"excludes": [".git", "runs", "outputs", ".stage", "*.onnx"]}), "--", *entrypoint],
         env=head["env"], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 

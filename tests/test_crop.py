@@ -10,7 +10,7 @@ from PIL import Image
 from cars_ray.data.crop import crop_dataset
 from cars_ray.data.layouts import read_dataset
 from cars_ray.data.images import clamp_box
-from conftest import CLASS_NAMES, make_image, run_pipeline, write_names_csv
+from helpers.data import CLASS_NAMES, make_image, run_pipeline, write_names_csv
 
 
 def test_each_layout_crops_to_clamped_boxes(ray_local, devkit_dataset, car_ims_dataset, kaggle_dataset, csv_dataset, tmp_path):

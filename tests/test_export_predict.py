@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import CLASS_NAMES, class_colour, make_image, run_pipeline, write_tiny_checkpoint
+from helpers.data import CLASS_NAMES, class_colour, make_image, run_pipeline, write_tiny_checkpoint
 
 
 @pytest.mark.parametrize("head", ["linear", "bilinear_attention"])

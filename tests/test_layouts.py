@@ -5,7 +5,7 @@ import pytest
 
 from cars_ray.data.layouts import detect_layout, read_dataset
 from cars_ray.errors import DataError
-from conftest import CLASS_NAMES, folder_of, make_image, write_names_csv
+from helpers.data import CLASS_NAMES, folder_of, make_image, write_names_csv
 
 
 def test_folder_layout_keeps_dataset_class_order(folder_dataset):

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from cars_ray.train.loop import RunState, early_stop_check
 from cars_ray.config import load_config
-from cars_ray.train.metrics import class_confusion, classification_metrics, confused_pairs, per_class_report
+from cars_ray.evaluate.metrics import class_confusion, classification_metrics, confused_pairs, per_class_report
 
 
 def scores_for(predictions, num_classes, second=None):
@@ -51,7 +50,9 @@ def test_confusion_and_pairs():
 
 def test_early_stopping_patience_and_min_delta():
     cfg = load_config(None, ["train.early_stop_patience=2", "train.early_stop_min_delta=0.01"])
+    from cars_ray.train.run import RunState
+
     state = RunState()
-    reasons = [early_stop_check(state, {"val_loss": v}, cfg) for v in (1.0, 0.996, 0.95, 0.945, 0.942)]
-    assert reasons[:4] == [None, None, None, None], "0.95 improved by more than 0.01 and reset the count"
+    reasons = [state.early_stop({"val_loss": v}, cfg.train) for v in (1.0, 0.996, 0.95, 0.945, 0.942)]
+    assert reasons[:4] == ["", "", "", ""], "0.95 improved by more than 0.01 and reset the count"
     assert "did not improve by 0.01 for 2 epochs" in reasons[4]

@@ -5,8 +5,9 @@ import torch
 
 from cars_ray.config import ModelConfig
 from cars_ray.errors import ConfigError
-from cars_ray.models import create_model, preprocessing_for
+from cars_ray.models import create_model
 from cars_ray.models.weights import load_offline_imagenet, offline_weights_path
+from cars_ray.preprocessing import Preprocessing
 
 
 def test_offline_weights_map_onto_timm_with_identical_outputs():
@@ -54,7 +55,7 @@ def test_unknown_backbone_and_weights_errors():
 
 
 def test_preprocessing_comes_from_the_backbone():
-    lite = preprocessing_for(ModelConfig(backbone="tf_efficientnet_lite2"), 260, 0.875)
-    resnet = preprocessing_for(ModelConfig(backbone="resnet50"), 224, 1.0)
-    assert lite["mean"] == [0.5, 0.5, 0.5] and lite["resize"] == 297
-    assert resnet["mean"][0] == pytest.approx(0.485) and resnet["resize"] == 224
+    lite = Preprocessing.resolve("tf_efficientnet_lite2", 260, 0.875)
+    resnet = Preprocessing.resolve("resnet50", 224, 1.0)
+    assert lite.mean == (0.5, 0.5, 0.5) and lite.resize == 297 and lite.interpolation == "bicubic"
+    assert resnet.mean[0] == pytest.approx(0.485) and resnet.resize == 224

@@ -13,7 +13,7 @@ import requests
 import yaml
 from PIL import Image
 
-from conftest import CLASS_NAMES, REPO, free_port, make_image, write_tiny_checkpoint
+from helpers.data import CLASS_NAMES, REPO, free_port, make_image, write_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 

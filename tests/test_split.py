@@ -6,7 +6,7 @@ import pytest
 from cars_ray.data.layouts import read_dataset
 from cars_ray.data.split import apply_split, read_split_file, stratified_split
 from cars_ray.errors import DataError
-from conftest import run_pipeline
+from helpers.data import run_pipeline
 
 
 def test_split_is_byte_identical_and_stratified(folder_dataset, tmp_path):

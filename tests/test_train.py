@@ -15,7 +15,7 @@ import ray.cloudpickle
 from cars_ray.config import load_config
 from cars_ray.train.loop import train_loop_per_worker
 from cars_ray.train.runner import fit
-from conftest import CLASS_NAMES, class_colour, folder_of, make_image, run_pipeline, write_class_folders, write_names_csv
+from helpers.data import CLASS_NAMES, class_colour, folder_of, make_image, run_pipeline, write_class_folders, write_names_csv
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need this module's loops
@@ -94,7 +94,7 @@ def crash_once_after_first_report(loop_config: dict) -> None:
 def test_killed_worker_is_restored_from_checkpoint(ray_local, train_root, tmp_path):
     import json
 
-    cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=1")
+    cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=1", "train.checkpoint_every=1")
     marker = str(tmp_path / "crashed")
 
     def with_marker(loop_config):
@@ -127,7 +127,7 @@ def stop_after_first_report(loop_config: dict) -> None:
 
 
 def test_resume_after_stop_finishes_same_epoch_count(ray_local, train_root, tmp_path):
-    cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=0")
+    cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=0", "train.checkpoint_every=1")
     with pytest.raises(Exception):
         fit(cfg, str(tmp_path), evaluate_test=False, train_fn=stop_after_first_report)
     outcome = fit(cfg, str(tmp_path), resume=True, evaluate_test=False)
@@ -142,6 +142,36 @@ def test_nan_loss_stops_with_a_clear_message(ray_local, train_root, tmp_path):
                       "optim.optimizer=sgd", "train.epochs=3")
     with pytest.raises(TrainingError, match="loss became nan"):
         fit(cfg, str(tmp_path), evaluate_test=False)
+
+
+def nan_on_rank_one_at_a_check(loop_config: dict) -> None:
+    """Rank 1's loss turns NaN exactly at a finiteness check (step 2 of epoch 1) while rank 0's is still
+    finite there: ranks that decided alone would part ways (rank 0 into the next step's all-reduce)."""
+    import cars_ray.train.loop as loop
+    import cars_ray.train.run as run_module
+
+    run_module.NAN_CHECK_EVERY = 2
+
+    class PoisonedRun(run_module.TrainingRun):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if ray.train.get_context().get_world_rank() == 1:
+                clean = self.criterion
+                self.criterion = lambda logits, targets: clean(logits, targets) * (
+                    float("nan") if self.state.step == 1 else 1.0)
+
+    loop.TrainingRun = PoisonedRun
+    train_loop_per_worker(loop_config)
+
+
+@pytest.mark.timeout(300, method="thread")  # a hang here would otherwise last forever
+def test_non_finite_loss_on_one_rank_stops_every_rank(ray_local, train_root, tmp_path):
+    from cars_ray.train.runner import TrainingError
+
+    cfg = tiny_config(train_root, tmp_path, "train.num_workers=2", "data.batch_size=4", "data.augment=none",
+                      "train.epochs=2", "train.max_failures=0")
+    with pytest.raises(TrainingError, match="loss became nan in epoch 1"):
+        fit(cfg, str(tmp_path), evaluate_test=False, train_fn=nan_on_rank_one_at_a_check)
 
 
 def one_line_error(proc) -> str:

@@ -15,11 +15,14 @@ import numpy as np
 import pandas as pd
 import ray
 
+from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.images import clamp_box, open_rgb
 from cars_ray.data.manifest import Manifest, folder_name
-from cars_ray.errors import ImageError
+from cars_ray.errors import DataError, ImageError
+from cars_ray.outputs import write_atomic, write_csv
 
 JPEG_QUALITY = 95
+CROP_OUTPUTS = ("crop_report.json", "crops.csv")  # what marks a folder as an earlier crop's output
 UNLABELLED_FOLDER = "_unlabelled"
 BLOCKS_PER_CPU = 4  # enough blocks to balance load and show progress, few enough to keep task overhead low
 
@@ -53,14 +56,9 @@ def crop_one(row: dict, margin: float, overwrite: bool) -> tuple[str, str]:
             image = image.crop(clamp_box(box, image.width, image.height, margin))
     except ImageError as err:
         return "skipped", str(err)
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    tmp_path = f"{out_path}.tmp-{os.getpid()}"
-    try:
-        image.save(tmp_path, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(tmp_path, out_path)  # atomic: a crash never leaves a partial crop behind
+    try:  # atomic: a crash never leaves a partial crop behind
+        write_atomic(out_path, lambda tmp: image.save(tmp, format="JPEG", quality=JPEG_QUALITY))
     except OSError as err:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
         return "skipped", f"write failed: {err}"
     return "written", ""
 
@@ -75,17 +73,20 @@ def crop_batch(batch: pd.DataFrame, margin: float, overwrite: bool) -> pd.DataFr
 
 def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overwrite: bool = False) -> dict:
     """Crop all images of ``manifest`` into ``output_dir`` with Ray Data; returns the report."""
-    if margin < 0:
-        raise ValueError("margin must be >= 0")
+    if not margin >= 0 or margin == float("inf"):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
     os.makedirs(output_dir, exist_ok=True)
     tasks = plan_outputs(manifest, output_dir)
+    sources = {os.path.realpath(p) for p in tasks.path}
+    clash = next((p for p in tasks.out_path if os.path.realpath(p) in sources), None)
+    if clash:
+        raise DataError(f"cropping into {output_dir} would overwrite the source image {clash}; choose another output folder")
     columns = ["row_id", "path", "x1", "y1", "x2", "y2", "out_rel", "out_path"]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     rows_per_block = int(np.clip(np.ceil(len(tasks) / (BLOCKS_PER_CPU * cpus)), 16, 512))
-    chunks = [tasks[columns].iloc[i:i + rows_per_block] for i in range(0, len(tasks), rows_per_block)]
-    if chunks:
+    if len(tasks):
         results = (
-            ray.data.from_pandas(chunks)
+            dataset_from_frame(tasks[columns], rows_per_block)
             .map_batches(crop_batch, batch_format="pandas", batch_size=None,
                          fn_kwargs={"margin": margin, "overwrite": overwrite})
             .to_pandas()
@@ -100,16 +101,10 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
 def write_index_files(manifest: Manifest, results: pd.DataFrame, output_dir: str) -> None:
     """names.csv and crops.csv beside the crops, so they read back with the same class ids."""
     names = pd.DataFrame({"class_id": range(1, manifest.num_classes + 1), "class_name": manifest.class_names})
-    _atomic_csv(names, os.path.join(output_dir, "names.csv"))
+    write_csv(os.path.join(output_dir, "names.csv"), names)
     done = results[results.status.isin(["written", "exists"]) & (results.class_index >= 0)]
     crops = pd.DataFrame({"path": done.out_rel, "class_id": done.class_index + 1, "split": done.orig_split})
-    _atomic_csv(crops.sort_values("path"), os.path.join(output_dir, "crops.csv"))
-
-
-def _atomic_csv(frame: pd.DataFrame, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv(os.path.join(output_dir, "crops.csv"), crops.sort_values("path"))
 
 
 def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, margin: float) -> dict:

@@ -12,7 +12,6 @@ import os
 import warnings
 from typing import BinaryIO
 
-import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from cars_ray.errors import ImageError
@@ -102,17 +101,3 @@ def box_problem(box: tuple[float, float, float, float], width: int, height: int)
     if x1 < 0 or y1 < 0 or x2 > width + 1 or y2 > height + 1:
         return f"box outside the image: ({x1:g},{y1:g},{x2:g},{y2:g}) on {width}x{height}"
     return None
-
-
-def load_array(path: str, box: tuple[float, float, float, float] | None, size: int,
-               margin: float = 0.0) -> np.ndarray:
-    """Decode, crop to the box if any, and resize to size x size; uint8 HWC array."""
-    image = open_rgb(path, draft_size=None if box is not None else (size, size))
-    if box is not None:
-        image = image.crop(clamp_box(box, image.width, image.height, margin))
-    return resize_square(image, size)
-
-
-def resize_square(image: Image.Image, size: int) -> np.ndarray:
-    """Resize (squash) to size x size with antialiasing; cars are already tightly cropped."""
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), dtype=np.uint8)

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pandas as pd
-import ray
 
+from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.images import box_problem, clamp_box, open_rgb
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ImageError
@@ -35,9 +35,9 @@ def inspect_manifest(manifest: Manifest) -> dict:
     """The inspection report as a JSON-ready dict."""
     table = manifest.table
     columns = ["path", "x1", "y1", "x2", "y2"]
-    chunks = [table[columns].iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(table), ROWS_PER_BLOCK)]
-    checked = (ray.data.from_pandas(chunks).map_batches(check_batch, batch_format="pandas", batch_size=None)
-               .to_pandas() if chunks else pd.DataFrame(columns=["path", "width", "height", "reason"]))
+    checked = (dataset_from_frame(table[columns], ROWS_PER_BLOCK)
+               .map_batches(check_batch, batch_format="pandas", batch_size=None).to_pandas()
+               if len(table) else pd.DataFrame(columns=["path", "width", "height", "reason"]))
     problems = [{"path": p, "reason": r, "source": "image"} for p, r in zip(checked.path, checked.reason) if r]
     problems += manifest.problems
     readable = checked[checked.width > 0]
@@ -58,7 +58,26 @@ def inspect_manifest(manifest: Manifest) -> dict:
         "problems": problems,
         "problem_counts": pd.Series([p["reason"].split(":")[0] for p in problems], dtype=str).value_counts().to_dict(),
         "notes": manifest.notes,
+        "num_readable": int(len(readable)),
+        "classes_without_readable_images": _classes_without_readable(manifest, set(readable.path)),
     }
+
+
+def _classes_without_readable(manifest: Manifest, readable_paths: set[str]) -> list[str]:
+    table = manifest.table
+    readable = table[table.path.isin(readable_paths) & (table.class_index >= 0)].class_index.value_counts()
+    return [name for index, name in enumerate(manifest.class_names) if readable.get(index, 0) == 0]
+
+
+def unusable_reasons(report: dict, shown: int = 10) -> list[str]:
+    """Why the inspected data cannot be trained on (no readable image, or a class without one); empty if usable."""
+    if report["num_readable"] == 0:
+        return [f"no image of {report['root']} is readable ({report['num_images']} listed)"]
+    empty = report["classes_without_readable_images"]
+    if empty:
+        more = f" and {len(empty) - shown} more" if len(empty) > shown else ""
+        return [f"{len(empty)} class(es) have no readable image: {', '.join(empty[:shown])}{more}"]
+    return []
 
 
 def _size_stats(readable: pd.DataFrame) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -161,19 +162,24 @@ def _first_existing(candidates: list[Path]) -> Path | None:
     return next((c for c in candidates if c.exists()), None)
 
 
-def _labelled_row(
-    path: Path, rel_path: str, class_id: int, num_classes: int, box, split: str, source: str, problems: list
-) -> dict | None:
-    """A manifest row, or None (with a problem recorded) for an unknown class id."""
-    if class_id is not None and not 1 <= class_id <= num_classes:
-        problems.append({"path": str(path), "reason": f"unknown class id {class_id}", "source": source})
-        return None
-    x1, y1, x2, y2 = box if box is not None else (np.nan,) * 4
-    return {
-        "path": str(path), "rel_path": rel_path,
-        "class_index": class_id - 1 if class_id is not None else UNLABELLED,
-        "x1": x1, "y1": y1, "x2": x2, "y2": y2, "orig_split": split,
-    }
+@dataclass
+class _RowMaker:
+    """Makes manifest rows for a dataset of ``num_classes`` classes, recording unknown class ids as problems."""
+
+    num_classes: int
+    problems: list
+
+    def row(self, path: Path, rel_path: str, class_id: int | None, box, split: str, source: str) -> dict | None:
+        """A manifest row, or None (with a problem recorded) for an unknown class id."""
+        if class_id is not None and not 1 <= class_id <= self.num_classes:
+            self.problems.append({"path": str(path), "reason": f"unknown class id {class_id}", "source": source})
+            return None
+        x1, y1, x2, y2 = box if box is not None else (np.nan,) * 4
+        return {
+            "path": str(path), "rel_path": rel_path,
+            "class_index": class_id - 1 if class_id is not None else UNLABELLED,
+            "x1": x1, "y1": y1, "x2": x2, "y2": y2, "orig_split": split,
+        }
 
 
 def _check_missing(rows: list[dict], problems: list, source_of: Callable[[dict], str]) -> list[dict]:
@@ -214,6 +220,7 @@ def read_devkit(root: Path) -> Manifest:
     rows: list[dict] = []
     problems: list[dict] = []
     notes: list[str] = []
+    make_row = _RowMaker(len(class_names), problems).row
     for split, folder, anno_names in (
         ("train", "cars_train", ["cars_train_annos.mat"]),
         ("test", "cars_test", ["cars_test_annos_withlabels.mat", "cars_test_annos.mat"]),
@@ -231,8 +238,7 @@ def read_devkit(root: Path) -> Manifest:
             box = (float(rec.bbox_x1), float(rec.bbox_y1), float(rec.bbox_x2), float(rec.bbox_y2))
             class_id = int(getattr(rec, "class")) if labelled else None
             path = base / folder / str(rec.fname)
-            row = _labelled_row(path, f"{folder}/{rec.fname}", class_id, len(class_names), box, split,
-                                f"{anno.name}:{index}", problems)
+            row = make_row(path, f"{folder}/{rec.fname}", class_id, box, split, f"{anno.name}:{index}")
             if row:
                 row["_source"] = f"{anno.name}:{index}"
                 rows.append(row)
@@ -268,12 +274,12 @@ def read_car_ims(root: Path) -> Manifest:
     records = _mat_annotations(anno, ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"))
     rows: list[dict] = []
     problems: list[dict] = []
+    make_row = _RowMaker(len(class_names), problems).row
     for index, rec in enumerate(records, start=1):
         rel = str(rec.relative_im_path)
         box = (float(rec.bbox_x1), float(rec.bbox_y1), float(rec.bbox_x2), float(rec.bbox_y2))
         split = "test" if int(rec.test) else "train"
-        row = _labelled_row(base / rel, rel, int(getattr(rec, "class")), len(class_names), box, split,
-                            f"cars_annos.mat:{index}", problems)
+        row = make_row(base / rel, rel, int(getattr(rec, "class")), box, split, f"cars_annos.mat:{index}")
         if row:
             row["_source"] = f"cars_annos.mat:{index}"
             rows.append(row)
@@ -331,6 +337,7 @@ def read_kaggle(root: Path) -> Manifest:
     rows: list[dict] = []
     problems: list[dict] = []
     notes: list[str] = []
+    make_row = _RowMaker(len(class_names), problems).row
     for split in ("train", "test"):
         split_dir = images / split
         if not split_dir.is_dir():
@@ -355,8 +362,7 @@ def read_kaggle(root: Path) -> Manifest:
                                      "reason": f"label mismatch: annotation says class id {class_id}, "
                                                f"folder says {folder_class + 1}; row skipped"})
                     continue
-                rows.append(_labelled_row(image, f"{split}/{folder.name}/{image.name}", folder_class + 1,
-                                          len(class_names), box, split, source, problems))
+                rows.append(make_row(image, f"{split}/{folder.name}/{image.name}", folder_class + 1, box, split, source))
         for name, (line_no, _, _) in annotations.items():
             if name not in on_disk:
                 problems.append({"path": str(split_dir / name), "source": f"{anno_path.name}:{line_no}",
@@ -387,14 +393,14 @@ def read_folder(root: Path) -> Manifest:
     by_folder = folder_to_class_index(class_names)
     rows: list[dict] = []
     problems: list[dict] = []
+    make_row = _RowMaker(len(class_names), problems).row
     for folder in folders:
         if folder.name not in by_folder:
             problems.append({"path": str(folder), "reason": f"unknown class folder {folder.name!r}",
                              "source": str(names_file)})
             continue
         for image in sorted(f for f in folder.iterdir() if _is_image(f)):
-            rows.append(_labelled_row(image, f"{folder.name}/{image.name}", by_folder[folder.name] + 1,
-                                      len(class_names), None, "", folder.name, problems))
+            rows.append(make_row(image, f"{folder.name}/{image.name}", by_folder[folder.name] + 1, None, "", folder.name))
     return Manifest(make_table(rows), class_names, "folder", str(root), notes, problems)
 
 
@@ -437,6 +443,7 @@ def read_csv_manifest(path: Path) -> Manifest:
         by_name = folder_to_class_index(class_names)
         to_id = lambda label: by_name[label] + 1 if label in by_name else 0  # noqa: E731
     rows, problems = [], []
+    make_row = _RowMaker(len(class_names), problems).row
     for line_no, rec in records:
         image = Path(rec["path"])
         image = image if image.is_absolute() else path.parent / image
@@ -446,8 +453,7 @@ def read_csv_manifest(path: Path) -> Manifest:
         if label and class_id == 0:
             problems.append({"path": str(image), "reason": f"unknown class {label!r}", "source": f"{path.name}:{line_no}"})
             continue
-        row = _labelled_row(image, rec["path"], class_id, len(class_names), box, rec.get("split", ""),
-                            f"{path.name}:{line_no}", problems)
+        row = make_row(image, rec["path"], class_id, box, rec.get("split", ""), f"{path.name}:{line_no}")
         if row:
             row["_source"] = f"{path.name}:{line_no}"
             rows.append(row)

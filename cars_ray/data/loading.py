@@ -1,8 +1,9 @@
 """From a data config to Ray Datasets of decoded images, one per split.
 
-Each image is decoded, cropped to its box (when the layout has boxes) and resized once per run
-to the compact ``resize`` x ``resize`` uint8 form the model's preprocessing asks for; training
-workers then augment batches of it on their own device.
+Each image is decoded, cropped to its box (when the layout has boxes) and resized once per run by
+:meth:`Preprocessing.decode`, in parallel over the cluster's CPUs; the result (uint8 images,
+labels, and each row's position in the split as ``row_id``) stays in Ray's object store for the
+run and every training worker pulls it from there once (``cars_ray.data.feed``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import numpy as np
 import pandas as pd
 import ray
 
-from cars_ray.config import DEMO_ROOT, DataConfig
-from cars_ray.data.images import load_array
+from cars_ray.config import DEMO_ROOT, Config, DataConfig
+from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.layouts import read_dataset
 from cars_ray.data.manifest import Manifest
-from cars_ray.data.split import apply_split, read_split_file, stratified_split
-from cars_ray.errors import DataError, ImageError
+from cars_ray.data.split import apply_split, read_split_file, split_warnings, stratified_split
+from cars_ray.errors import ConfigError, DataError, ImageError
+from cars_ray.preprocessing import Preprocessing
 
 ROWS_PER_BLOCK = 64
 
@@ -47,6 +49,8 @@ def load_split_table(cfg: DataConfig) -> tuple[Manifest, pd.DataFrame]:
         table = apply_split(manifest, read_split_file(cfg.split_file), cfg.split_file)
     else:
         split = stratified_split(manifest, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        for warning in split_warnings(split, manifest.class_names):
+            print(f"warning: {warning}")
         table = apply_split(manifest, split, "the generated split")
     if cfg.max_images_per_class:
         table = (table.sort_values("rel_path").groupby(["split", "class_index"], group_keys=False)
@@ -57,43 +61,62 @@ def load_split_table(cfg: DataConfig) -> tuple[Manifest, pd.DataFrame]:
     return manifest, table
 
 
-def decode_batch(batch: pd.DataFrame, size: int, margin: float) -> dict[str, np.ndarray]:
-    """Decode a block of manifest rows to ``image`` (N, size, size, 3) uint8 and ``label``.
+def check_full_batches(cfg: Config, train_images: int, source: str) -> None:
+    """Every worker must get at least one full batch per epoch, or training would run on nothing."""
+    per_worker = train_images // cfg.train.num_workers
+    if per_worker < cfg.data.batch_size:
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} is larger than the {per_worker} training images "
+                          f"each of the {cfg.train.num_workers} worker(s) gets ({train_images} in {source}); "
+                          "lower data.batch_size")
+
+
+def load_training_table(cfg: Config) -> tuple[Manifest, pd.DataFrame]:
+    """The split table of a training config, checked to give every worker a full batch (no Ray needed)."""
+    manifest, table = load_split_table(cfg.data)
+    check_full_batches(cfg, int((table.split == "train").sum()), f"the training split of {manifest.root}")
+    return manifest, table
+
+
+def decode_batch(batch: pd.DataFrame, preprocessing: Preprocessing) -> dict[str, np.ndarray]:
+    """Decode a block of manifest rows to ``image`` (N, resize, resize, 3) uint8, ``label`` and ``row_id``.
 
     Unreadable images are dropped here (they are listed by ``inspect_data`` and the crop report).
     """
-    images, labels, paths = [], [], []
+    images, labels, paths, row_ids = [], [], [], []
     for row in batch.to_dict("records"):
         box = None if np.isnan(row["x1"]) else (row["x1"], row["y1"], row["x2"], row["y2"])
         try:
-            images.append(load_array(row["path"], box, size, margin))
+            images.append(preprocessing.decode(row["path"], box))
         except ImageError:
             continue
         labels.append(row["class_index"])
         paths.append(row["rel_path"])
+        row_ids.append(row["row_id"])
+    size = preprocessing.resize
     return {
         "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
         "label": np.asarray(labels, dtype=np.int64),
         "rel_path": np.asarray(paths, dtype=object),
+        "row_id": np.asarray(row_ids, dtype=np.int64),
     }
 
 
-def decoded_dataset(rows: pd.DataFrame, size: int, margin: float = 0.0, batch_size: int = 32) -> ray.data.Dataset:
+def decoded_dataset(rows: pd.DataFrame, preprocessing: Preprocessing, batch_size: int = 32) -> ray.data.Dataset:
     """A lazy Ray Dataset decoding ``rows`` in parallel across the cluster's CPUs."""
     columns = ["path", "rel_path", "class_index", "x1", "y1", "x2", "y2"]
-    rows = rows[columns].reset_index(drop=True)
-    chunks = [rows.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(rows), ROWS_PER_BLOCK)] or [rows]
-    return ray.data.from_pandas(chunks).map_batches(
-        decode_batch, batch_format="pandas", batch_size=batch_size,
-        fn_kwargs={"size": size, "margin": margin},
-    )
+    rows = rows[columns].reset_index(drop=True).assign(row_id=lambda frame: np.arange(len(frame)))
+    return dataset_from_frame(rows, ROWS_PER_BLOCK).map_batches(
+        decode_batch, batch_format="pandas", batch_size=batch_size, fn_kwargs={"preprocessing": preprocessing})
 
 
-def build_training_datasets(table: pd.DataFrame, preprocessing: dict, cfg: DataConfig) -> dict[str, ray.data.Dataset]:
+def build_training_datasets(table: pd.DataFrame, preprocessing: Preprocessing,
+                            cfg: DataConfig) -> dict[str, ray.data.MaterializedDataset]:
     """Train and val datasets, decoded once and held in Ray's object store for the whole run."""
     datasets = {}
     for name in ("train", "val"):
-        rows = table[table.split == name]
-        datasets[name] = decoded_dataset(rows, preprocessing["resize"], cfg.box_margin,
-                                         cfg.decode_batch_size).drop_columns(["rel_path"]).materialize()
+        datasets[name] = (decoded_dataset(table[table.split == name], preprocessing, cfg.decode_batch_size)
+                          .drop_columns(["rel_path"]).materialize())
+        # The decode showed its progress; the workers' one pull of the cached blocks needs no bar (a dataset
+        # carries the context it was made with into the workers).
+        datasets[name].context.enable_progress_bars = False
     return datasets

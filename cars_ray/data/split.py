@@ -11,6 +11,7 @@ import pandas as pd
 
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import DataError
+from cars_ray.outputs import write_csv
 
 SPLITS = ("train", "val", "test")
 PROTOCOLS = ("random", "official")
@@ -55,8 +56,23 @@ def stratified_split(manifest: Manifest, val: float = 0.1, test: float = 0.2, se
 
 
 def write_split(split: pd.DataFrame, path: str) -> None:
-    """Write a split file byte-identically for identical input (LF line ends, fixed order)."""
-    split[["path", "class_id", "split"]].to_csv(path, index=False, lineterminator="\n")
+    """Write a split file atomically and byte-identically for identical input (LF line ends, fixed order)."""
+    write_csv(path, split[["path", "class_id", "split"]])
+
+
+def split_warnings(split: pd.DataFrame, class_names: list[str], shown: int = 10) -> list[str]:
+    """One sentence per part (val, test) that some classes got no row of, naming them (too few images)."""
+    warnings = []
+    sizes = split.groupby("class_id").size()
+    for part, word in (("val", "validation"), ("test", "test")):
+        if not (split.split == part).any():
+            continue  # that part was not asked for at all
+        missing = sorted(set(sizes.index) - set(split.loc[split.split == part, "class_id"]))
+        if missing:
+            names = ", ".join(f"{class_names[c - 1]} ({sizes[c]} images)" for c in missing[:shown])
+            more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+            warnings.append(f"{len(missing)} class(es) get no {word} rows, too few images: {names}{more}")
+    return warnings
 
 
 def read_split_file(path: str) -> pd.DataFrame:

@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 import pandas as pd
-import ray
 
-from cars_ray.data.images import load_array
+from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.layouts import IMAGE_SUFFIXES
 from cars_ray.errors import DataError, ImageError
 from cars_ray.evaluate.predictor import backend_info, predict_dataset
+from cars_ray.preprocessing import Preprocessing
 
 ROWS_PER_BLOCK = 64
 
@@ -36,11 +36,12 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     return unique
 
 
-def decode_for_prediction(batch: pd.DataFrame, size: int) -> dict[str, np.ndarray]:
+def decode_for_prediction(batch: pd.DataFrame, preprocessing: Preprocessing) -> dict[str, np.ndarray]:
     images, errors = [], []
+    size = preprocessing.resize
     for path in batch["path"]:
         try:
-            images.append(load_array(path, None, size))
+            images.append(preprocessing.decode(path))
             errors.append("")
         except ImageError as err:
             images.append(np.zeros((size, size, 3), np.uint8))
@@ -54,10 +55,8 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
     topk = min(5, len(class_names)) if topk is None else topk
     if not 1 <= topk <= len(class_names):
         raise DataError(f"--topk must be from 1 to {len(class_names)}, got {topk}")
-    frame = pd.DataFrame({"path": paths})
-    chunks = [frame.iloc[i:i + ROWS_PER_BLOCK] for i in range(0, len(frame), ROWS_PER_BLOCK)]
-    decoded = ray.data.from_pandas(chunks).map_batches(
-        decode_for_prediction, batch_format="pandas", batch_size=32, fn_kwargs={"size": preprocessing["resize"]})
+    decoded = dataset_from_frame(pd.DataFrame({"path": paths}), ROWS_PER_BLOCK).map_batches(
+        decode_for_prediction, batch_format="pandas", batch_size=32, fn_kwargs={"preprocessing": preprocessing})
     rows = []
     for batch in predict_dataset(decoded, model_path, tta=tta).iter_batches(batch_size=None, batch_format="numpy"):
         for path, error, probs in zip(batch["path"], batch["error"], batch["probs"]):
@@ -72,4 +71,5 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
                 "error": error,
             })
     order = {p: i for i, p in enumerate(paths)}
-    return pd.DataFrame(rows).sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+    frame = pd.DataFrame(rows).sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
+    return frame.astype({"class_id": "Int64"})  # whole numbers; empty for unreadable inputs

@@ -12,14 +12,17 @@ from cars_ray.data.loading import decoded_dataset
 from cars_ray.evaluate.predictor import backend_info, predict_dataset
 from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import confusion_matrix_figure
-from cars_ray.train.checkpoint import check_classes, read_meta
-from cars_ray.train.metrics import class_confusion, classification_metrics, confused_pairs, per_class_report
+from cars_ray.checkpoint import check_classes, read_meta
+from cars_ray.evaluate.metrics import class_confusion, classification_metrics, confused_pairs, per_class_report
+
+
+EVALUATION_OUTPUTS = ("metrics.json", "per_class.csv", "confused_pairs.csv", "predictions.csv", "confusion_matrix.png")
 
 
 def score_rows(checkpoint_dir: str, rows: pd.DataFrame, tta: bool = False, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, probabilities, rel_paths) for manifest rows, decoded and predicted on Ray."""
     class_names, preprocessing = backend_info(checkpoint_dir)
-    dataset = decoded_dataset(rows, preprocessing["resize"])
+    dataset = decoded_dataset(rows, preprocessing)
     scored = predict_dataset(dataset, checkpoint_dir, tta=tta, batch_size=batch_size)
     labels, probs, paths = [], [], []
     for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):

@@ -1,7 +1,9 @@
 """Running a trained model: a checkpoint directory (PyTorch) or an exported ``.onnx`` file.
 
-The same backends serve Ray Data batch prediction (an actor pool) and the Ray Serve replicas.
-Inputs are uint8 (B, resize, resize, 3) batches, as ``cars_ray.data.images.load_array`` makes them.
+The same backends serve Ray Data batch prediction (an actor pool), evaluation and the Ray Serve
+replicas. Inputs are uint8 (B, resize, resize, 3) batches, as ``Preprocessing.decode`` makes them;
+both backends run the one evaluation view (``Preprocessing.eval_view``), in PyTorch or inside the
+exported graph.
 """
 
 from __future__ import annotations
@@ -12,35 +14,36 @@ import numpy as np
 import ray
 import torch
 
-from cars_ray.data.augment import EvalTransform
-from cars_ray.train.checkpoint import load_model
-
-
-def predict_scores(model: torch.nn.Module, transform: EvalTransform, images: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Softmax probabilities for a uint8 (B, H, W, 3) batch; TTA averages with the mirror image."""
-    x = transform(images)
-    probs = model(x).float().softmax(dim=1)
-    if tta:
-        probs = (probs + model(x.flip(-1)).float().softmax(dim=1)) / 2
-    return probs
+from cars_ray.checkpoint import inference_settings, load_model, preprocessing_of, read_meta
+from cars_ray.preprocessing import Preprocessing
 
 
 class TorchBackend:
-    """A checkpoint's model on its GPU when there is one (bf16 autocast there), else the CPU in fp32."""
+    """A checkpoint's model on its GPU when there is one (channels_last, the AMP dtype it trained with),
+    else on the CPU in fp32."""
 
     def __init__(self, checkpoint_dir: str, tta: bool = False):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.model, meta = load_model(checkpoint_dir, self.device)
-        self.class_names, self.preprocessing = meta["class_names"], meta["preprocessing"]
+        self.class_names, self.preprocessing = meta["class_names"], preprocessing_of(meta, checkpoint_dir)
+        self.dtype, channels_last = inference_settings(meta, self.device)
+        self.view = self.preprocessing.eval_view(channels_last).to(self.device)
         self.name = f"{meta['model']['backbone']} + {meta['model']['head']} head"
-        self.transform = EvalTransform(self.preprocessing).to(self.device)
         self.tta = tta
 
     @torch.inference_mode()
     def probs(self, images: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return predict_scores(self.model, self.transform, batch, self.tta).cpu().numpy().astype(np.float32)
+        batch = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
+            x = self.view(batch)
+            probs = self.model(x).float().softmax(dim=1)
+            if self.tta:
+                probs = (probs + self.model(x.flip(-1)).float().softmax(dim=1)) / 2
+        return probs.cpu().numpy().astype(np.float32)
 
 
 class OnnxBackend:
@@ -56,8 +59,7 @@ class OnnxBackend:
         self.tta = tta
 
     def probs(self, images: np.ndarray) -> np.ndarray:
-        logits = self.classifier.logits(images)
-        probs = _softmax(logits)
+        probs = _softmax(self.classifier.logits(images))
         if self.tta:
             probs = (probs + _softmax(self.classifier.logits(images[:, :, ::-1]))) / 2
         return probs.astype(np.float32)
@@ -72,15 +74,13 @@ def load_backend(path: str, tta: bool = False) -> TorchBackend | OnnxBackend:
     return OnnxBackend(path, tta) if str(path).endswith(".onnx") else TorchBackend(path, tta)
 
 
-def backend_info(path: str) -> tuple[list[str], dict[str, Any]]:
+def backend_info(path: str) -> tuple[list[str], Preprocessing]:
     """(class names, preprocessing) of a checkpoint or .onnx file, without building the model."""
     if str(path).endswith(".onnx"):
         backend = OnnxBackend(path)
         return backend.class_names, backend.preprocessing
-    from cars_ray.train.checkpoint import read_meta
-
     meta = read_meta(path)
-    return meta["class_names"], meta["preprocessing"]
+    return meta["class_names"], preprocessing_of(meta, path)
 
 
 class BatchPredictor:

@@ -1,5 +1,5 @@
 """Models: backbones by name with their weights, classification heads, and the factory."""
 
-from cars_ray.models.factory import CarClassifier, create_model, preprocessing_for
+from cars_ray.models.factory import CarClassifier, create_model
 
-__all__ = ["CarClassifier", "create_model", "preprocessing_for"]
+__all__ = ["CarClassifier", "create_model"]

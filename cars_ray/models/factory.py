@@ -1,9 +1,6 @@
-"""``create_model``: a timm backbone by name, its weights, a head, and the preprocessing it expects."""
+"""``create_model``: a timm backbone by name, its weights and a head (its preprocessing: cars_ray.preprocessing)."""
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import timm
 import torch
@@ -59,23 +56,3 @@ def create_model(cfg: ModelConfig, num_classes: int, pretrained: bool = True) ->
     else:
         head = HEADS[cfg.head](backbone.num_features, num_classes, cfg.dropout)
     return CarClassifier(backbone, head)
-
-
-def preprocessing_for(cfg: ModelConfig, image_size: int, crop_pct: float) -> dict[str, Any]:
-    """What an input must look like for this model: carried by every checkpoint and export.
-
-    ``resize`` is the side the image is squashed to; evaluation then takes the centre
-    ``image_size`` crop (equal sides when crop_pct is 1).
-    """
-    pretrained_cfg = timm.get_pretrained_cfg(cfg.backbone)
-    mean = tuple(pretrained_cfg.mean) if pretrained_cfg else (0.485, 0.456, 0.406)
-    std = tuple(pretrained_cfg.std) if pretrained_cfg else (0.229, 0.224, 0.225)
-    return {
-        "image_size": image_size,
-        "resize": int(math.floor(image_size / crop_pct + 0.5)),
-        "crop_pct": crop_pct,
-        "mean": list(mean),
-        "std": list(std),
-        "interpolation": "bicubic",
-        "resize_mode": "squash",
-    }

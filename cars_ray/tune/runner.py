@@ -12,15 +12,17 @@ import ray
 from ray import tune
 
 from cars_ray.config import Config
-from cars_ray.data.loading import build_training_datasets, load_split_table
+from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
+from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ConfigError, Interrupted
 from cars_ray.evaluate.evaluation import evaluate_checkpoint
-from cars_ray.models import preprocessing_for
 from cars_ray.outputs import write_csv, write_figure
 from cars_ray.plots import curves_figure
+from cars_ray.preprocessing import Preprocessing
 from cars_ray.train.runner import copy_inference_checkpoint, ray_data_progress
 from cars_ray.tune.search import (
-    build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize, trial_driver,
+    apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
+    trial_driver,
 )
 
 EXPERIMENT = "tune"
@@ -34,15 +36,19 @@ class SearchOutcome:
     test_metrics: dict | None
 
 
-def run_search(cfg: Config, output_dir: str, resume: bool = False) -> SearchOutcome:
+def run_search(cfg: Config, output_dir: str, resume: bool = False,
+               data: tuple[Manifest, pd.DataFrame] | None = None) -> SearchOutcome:
+    """Decode once, run the trials (or continue them with ``resume``), write the results; ``data`` is what
+    :func:`load_training_table` returned, when the caller checked it already."""
     space = build_search_space(cfg)
-    concurrency = check_feasible(cfg)
-    manifest, table = load_split_table(cfg.data)
-    preprocessing = preprocessing_for(cfg.model, cfg.data.image_size, cfg.data.crop_pct)
+    concurrency = check_feasible(apply_trial_resources(Config.from_dict(cfg.to_dict())))
+    manifest, table = data or load_training_table(cfg)
+    preprocessing = Preprocessing.from_config(cfg)
     datasets = build_training_datasets(table, preprocessing, cfg.data)
+    check_full_batches(cfg, datasets["train"].count(), "the readable training images")
     storage = os.path.abspath(os.path.join(output_dir, "ray_results"))
-    shared = {"class_names": manifest.class_names, "preprocessing": preprocessing,
-              "train_size": datasets["train"].count(), "trial_storage": os.path.join(storage, "trials")}
+    shared = {"class_names": manifest.class_names, "preprocessing": preprocessing.to_dict(),
+              "trial_storage": os.path.join(storage, "trials")}
     # The trial's driver only waits on its TorchTrainer, whose workers hold the trial's CPUs/GPUs;
     # a driver holding a CPU of its own would deadlock small clusters.
     trainable = tune.with_resources(

@@ -16,17 +16,14 @@ from typing import Any
 import pandas as pd
 import ray
 from ray import tune
-from ray.train import CheckpointConfig, FailureConfig, RunConfig
-from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from cars_ray.config import Config, _set, config_from_dict
+from cars_ray.config import Config
 from cars_ray.errors import ConfigError
-from cars_ray.train.loop import train_loop_per_worker
-from cars_ray.train.runner import scaling_config
+from cars_ray.train.loop import LoopSettings
+from cars_ray.train.runner import build_trainer, train_run_config
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
-REPORTED_METRICS = ("val_top1", "val_top5", "val_loss", "train_loss", "train_top1")
 
 
 def build_search_space(cfg: Config) -> dict[str, Any]:
@@ -38,7 +35,7 @@ def build_search_space(cfg: Config) -> dict[str, Any]:
     for key, spec in space.items():
         probe = Config()
         try:
-            _set(probe, key, _sample_value(spec, key), "tune.search_space")
+            probe.set(key, _sample_value(spec, key), "tune.search_space")
         except ConfigError as err:
             raise ConfigError(str(err).replace("unknown key", "search space names unknown key")) from None
         (kind, args), = spec.items()
@@ -69,56 +66,54 @@ def _sample_value(spec: Any, key: str) -> Any:
     return int(low) if kind == "randint" else low
 
 
+def apply_trial_resources(cfg: Config) -> Config:
+    """Map tune.cpus_per_trial / tune.gpus_per_trial (per training worker of a trial) onto train.*.
+
+    Unset (null), they leave train.* as it is: train.use_gpu=auto then trains on the GPUs of a
+    cluster that has them, with train.gpus_per_worker each.
+    """
+    if cfg.tune.cpus_per_trial is not None:
+        cfg.train.cpus_per_worker = cfg.tune.cpus_per_trial
+    if cfg.tune.gpus_per_trial is not None:
+        cfg.train.use_gpu = "true" if cfg.tune.gpus_per_trial > 0 else "false"
+        cfg.train.gpus_per_worker = cfg.tune.gpus_per_trial if cfg.tune.gpus_per_trial > 0 else cfg.train.gpus_per_worker
+    return cfg
+
+
 def check_feasible(cfg: Config) -> int:
-    """Fail early on a metric no trial reports or resources the cluster can never give; returns concurrency."""
-    if cfg.tune.metric not in REPORTED_METRICS:
-        raise ConfigError(f"tune.metric {cfg.tune.metric!r} is not reported by training; use one of {', '.join(REPORTED_METRICS)}")
+    """Fail early on resources the cluster can never give; returns how many trials run at once."""
     available = ray.cluster_resources()
-    cpus_needed = cfg.tune.cpus_per_trial * cfg.train.num_workers
-    gpus_needed = cfg.tune.gpus_per_trial * cfg.train.num_workers
-    if cpus_needed > available.get("CPU", 0) or gpus_needed > available.get("GPU", 0):
+    cluster_gpus = available.get("GPU", 0)
+    wants_gpu = cfg.train.use_gpu == "true" or (cfg.train.use_gpu == "auto" and cluster_gpus > 0)
+    cpus_needed = cfg.train.cpus_per_worker * cfg.train.num_workers
+    gpus_needed = cfg.train.gpus_per_worker * cfg.train.num_workers if wants_gpu else 0.0
+    if cpus_needed > available.get("CPU", 0) or gpus_needed > cluster_gpus:
         raise ConfigError(f"one trial needs {cpus_needed:g} CPU and {gpus_needed:g} GPU (tune.cpus_per_trial, "
                           f"tune.gpus_per_trial x train.num_workers) but the Ray cluster has "
-                          f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU")
-    limits = [math.floor(available.get("CPU", 0) / cpus_needed) if cpus_needed else 1_000]
+                          f"{available.get('CPU', 0):g} CPU and {cluster_gpus:g} GPU")
+    limits = [math.floor(available.get("CPU", 0) / cpus_needed)]
     if gpus_needed:
-        limits.append(math.floor(available.get("GPU", 0) / gpus_needed + 1e-9))
+        limits.append(math.floor(cluster_gpus / gpus_needed + 1e-9))
     fits = max(1, min(limits))
     return min(fits, cfg.tune.max_concurrent_trials) if cfg.tune.max_concurrent_trials > 0 else fits
 
 
 def trial_config(base: dict, params: dict[str, Any]) -> Config:
     """The training config of one trial: the base plus the sampled keys and the trial's resources."""
-    cfg = config_from_dict(base, source="tune base config")
+    cfg = Config.from_dict(base, source="tune base config")
     for key, value in params.items():
-        _set(cfg, key, value, "tune trial")
-    cfg.train.cpus_per_worker = cfg.tune.cpus_per_trial
-    cfg.train.gpus_per_worker = cfg.tune.gpus_per_trial
-    cfg.train.use_gpu = "true" if cfg.tune.gpus_per_trial > 0 else "false"
-    return cfg
+        cfg.set(key, value, "tune trial")
+    return apply_trial_resources(cfg)
 
 
 def trial_driver(params: dict[str, Any], base: dict, shared: dict, datasets: dict) -> None:
-    """One trial: a TorchTrainer on the trial's config, reporting each epoch to Tune."""
+    """One trial: the same TorchTrainer as train.py on the trial's config, reporting each epoch to Tune."""
     cfg = trial_config(base, params)
     ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch shard bars x trials = noise
-    trial_id = tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={**shared, "config": cfg.to_dict()},
-        scaling_config=scaling_config(cfg),
-        run_config=RunConfig(
-            name=f"trial_{trial_id}",
-            storage_path=shared["trial_storage"],
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.tune.metric,
-                                               checkpoint_score_order=cfg.tune.mode),
-            callbacks=[TuneReportCallback()],
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"]),
-    )
-    trainer.fit()
+    settings = LoopSettings(cfg.to_dict(), shared["class_names"], shared["preprocessing"])
+    run_config = train_run_config(cfg, f"trial_{tune.get_context().get_trial_id()}", shared["trial_storage"],
+                                  callbacks=[TuneReportCallback()])
+    build_trainer(cfg, settings, datasets, run_config).fit()
 
 
 def make_search_alg(cfg: Config, concurrency: int):
@@ -191,9 +186,10 @@ def trial_name(result) -> str:
 
 
 def best_kept_row(history: pd.DataFrame, metric: str, sign: int) -> pd.Series:
-    """The best epoch whose checkpoint Ray kept: ties go to the later epoch (Ray keeps the latest)."""
-    rows = history.iloc[::-1]
+    """The best epoch that has a checkpoint (every new best writes its weights; local paths must exist)."""
+    rows = history
     if "checkpoint_path" in rows:
-        kept = rows[[not str(p).startswith("/") or os.path.exists(str(p)) for p in rows.checkpoint_path]]
-        rows = kept if len(kept) else rows
+        kept = rows.checkpoint_path.map(lambda p: isinstance(p, str) and p != "" and
+                                        (not p.startswith("/") or os.path.exists(p)))
+        rows = rows[kept] if kept.any() else rows
     return rows.loc[(sign * rows[metric]).idxmax()]

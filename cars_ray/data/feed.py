@@ -1,0 +1,97 @@
+"""What a training worker holds of the decoded images, and the order it visits them in.
+
+Ray Data decodes every image once per run into the object store (``cars_ray.data.loading``). Each
+training worker pulls the split's blocks through its ``ray.train`` dataset iterator once, into one
+uint8 tensor on its device (the GPU when it fits there, else pinned host memory), sorted by row id
+so that the order does not depend on which decode task finished first. Every epoch then visits
+the rows in a fresh random order over the whole split:
+
+- the order is a permutation drawn from ``(train.seed, epoch)`` alone, so a restarted worker or a
+  ``--resume`` gets the same order for the epoch it redoes, and a re-run gets the same orders;
+- with several workers, rank r takes the r-th of ``world_size`` equal slices of that permutation
+  (``DistributedSampler`` semantics), so the ranks see disjoint rows and the same number of steps;
+- no second decode and no per-batch Arrow conversion: a batch is one ``index_select``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+CACHE_FRACTION_OF_FREE_GPU = 0.4  # "auto" keeps the cache on the GPU when it takes at most this much of the free memory
+
+
+def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of all rows that epoch ``epoch`` (1-based) visits, from the seed and epoch alone."""
+    return np.random.default_rng([seed, epoch]).permutation(num_rows)
+
+
+def rank_rows(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s equal share of an epoch's order (the remainder rows wait for the next epoch)."""
+    share = len(order) // world_size
+    return order[rank * share:(rank + 1) * share]
+
+
+@dataclass
+class CachedSplit:
+    """A decoded split held by one worker: ``images`` uint8 (N, R, R, 3) and ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def collect(cls, shard, device: torch.device, on_device: str = "auto") -> "CachedSplit":
+        """Pull a ``ray.train`` dataset iterator (columns image, label, row_id) once, in row-id order."""
+        images, labels, row_ids = [], [], []
+        for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            images.append(block["image"]), labels.append(block["label"]), row_ids.append(block["row_id"])
+        if not images:
+            raise ValueError("the dataset shard holds no rows")
+        order = np.argsort(np.concatenate(row_ids), kind="stable")
+        cache = torch.from_numpy(np.concatenate(images)[order])
+        target = torch.from_numpy(np.concatenate(labels)[order].astype(np.int64))
+        if device.type == "cuda" and place_on_device(cache.numel(), device, on_device):
+            cache, target = cache.to(device), target.to(device)
+        elif device.type == "cuda":
+            cache = cache.pin_memory()
+        return cls(cache, target)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
+        return len(self) // world_size // batch_size
+
+    def train_batches(self, seed: int, epoch: int, rank: int, world_size: int, batch_size: int,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's full batches of epoch ``epoch`` in the epoch's order (the last partial batch dropped)."""
+        rows = rank_rows(epoch_order(len(self), seed, epoch), rank, world_size)
+        steps = len(rows) // batch_size
+        index = torch.from_numpy(rows[:steps * batch_size].astype(np.int64)).to(self.images.device)
+        for step in range(steps):
+            yield self.batch(index[step * batch_size:(step + 1) * batch_size], device)
+
+    def eval_batches(self, rank: int, world_size: int, batch_size: int,
+                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every row exactly once across the ranks (rank r takes rows r, r + world_size, ...)."""
+        index = torch.arange(rank, len(self), world_size, device=self.images.device)
+        for start in range(0, len(index), batch_size):
+            yield self.batch(index[start:start + batch_size], device)
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
+        if images.device != device:  # host cache, GPU worker: pinned copies overlap with the running step
+            images = images.pin_memory().to(device, non_blocking=True)
+            labels = labels.pin_memory().to(device, non_blocking=True)
+        return images, labels
+
+
+def place_on_device(num_bytes: int, device: torch.device, on_device: str) -> bool:
+    """Whether the cache goes to the GPU: ``true``, ``false``, or ``auto`` (when it fits comfortably)."""
+    if on_device in ("true", "false"):
+        return on_device == "true"
+    free, _ = torch.cuda.mem_get_info(device)
+    return num_bytes <= CACHE_FRACTION_OF_FREE_GPU * free

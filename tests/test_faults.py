@@ -1,0 +1,142 @@
+"""The fault battery: bad inputs and dangerous outputs for every pipeline, as a table.
+
+Each row: the command, the bad input, the exit code and the words expected. Every row also checks
+that no input file changed (a digest of the input trees before and after) and that no partial
+output was left behind. The pipelines run through their real entry point (``run_main``) in this
+process; the paths are checked before Ray starts, so no row starts Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.data import make_image, write_class_folders, write_names_csv, write_tiny_checkpoint
+from helpers.entry_points import call_pipeline, tree_hash
+
+DEMO = "configs/demo.yaml"
+TINY = ["model.backbone=test_efficientnet", "model.weights=none", "data.image_size=32", "train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    """Generated inputs, plus existing files and folders that outputs must not clobber."""
+    base = tmp_path_factory.mktemp("faults")
+    root = write_class_folders(base / "folder", 4, (48, 40))
+    boxed = base / "boxed"
+    for index in range(4):
+        make_image(boxed / f"{index}.jpg", (80, 60), seed=index)
+    write_names_csv(boxed / "names.csv")
+    (boxed / "m.csv").write_text("path,label,x1,y1,x2,y2\n" + "".join(f"{i}.jpg,{i % 4 + 1},5,5,60,50\n" for i in range(4)))
+    checkpoint = write_tiny_checkpoint(base / "ckpt")
+    no_model = write_tiny_checkpoint(base / "ckpt_no_model")
+    (no_model / "model.pt").unlink()
+    unreadable = base / "unreadable"
+    for name in ("Alpha", "Beta"):
+        (unreadable / name).mkdir(parents=True)
+        (unreadable / name / "a.jpg").write_bytes(b"not a jpeg")
+    existing_file = base / "existing.txt"
+    existing_file.write_text("a user's file\n")
+    existing_dir = base / "existing_dir"
+    (existing_dir / "notes.txt").parent.mkdir()
+    (existing_dir / "notes.txt").write_text("a user's notes\n")
+    earlier_run = base / "earlier_run"  # what an earlier train.py / tune.py / evaluate.py left
+    earlier_run.mkdir()
+    for name in ("config.yaml", "metrics.csv", "tune_results.csv", "metrics.json"):
+        (earlier_run / name).write_text("earlier\n")
+    (earlier_run / "best").mkdir()
+    (earlier_run / "best" / "model.pt").write_bytes(b"earlier weights")
+    earlier_export = base / "earlier.onnx"
+    earlier_export.write_bytes(b"an earlier export")
+    return {"root": str(root), "csv": str(boxed / "m.csv"), "csv_dir": str(boxed), "ckpt": str(checkpoint),
+            "no_model": str(no_model), "unreadable": str(unreadable), "file": str(existing_file),
+            "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new")}
+
+
+# (case id, script, arguments, exit code, words expected in the last stderr line, output that must not appear)
+CASES = [
+    ("train-on-nothing", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.batch_size=4096", *TINY,
+                                       "--output-dir", "{new}/t1"], 2, "data.batch_size 4096 is larger than the", "{new}/t1"),
+    ("crop-over-its-csv-dataset", "crop.py", ["--root-dir", "{csv}", "--output-dir", "{csv_dir}", "--overwrite"], 2,
+     "contains the input", None),
+    ("crop-over-its-csv-dataset-no-flag", "crop.py", ["--root-dir", "{csv}", "--output-dir", "{csv_dir}"], 2,
+     "contains the input", None),
+    ("crop-over-its-folder-dataset", "crop.py", ["--root-dir", "{root}", "--output-dir", "{root}"], 2, "is the input", None),
+    ("crop-inside-its-dataset", "crop.py", ["--root-dir", "{root}", "--output-dir", "{root}/crops"], 2,
+     "lies inside the input", "{root}/crops"),
+    ("split-over-its-manifest", "split.py", ["--root-dir", "{csv}", "--out", "{csv}"], 2, "is the input", None),
+    ("predict-output-is-a-folder", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--output", "{dir}"], 2,
+     "is a folder; it must name a file", None),
+    ("crop-output-is-a-file", "crop.py", ["--root-dir", "{root}", "--output-dir", "{file}"], 2,
+     "is an existing file; it must name a folder", None),
+    ("train-output-is-a-file", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY, "--output-dir", "{file}"], 2,
+     "is an existing file; it must name a folder", None),
+    ("split-out-is-a-folder", "split.py", ["--root-dir", "{root}", "--out", "{dir}"], 2, "is a folder; it must name a file", None),
+    ("export-out-is-a-folder", "export.py", ["--checkpoint", "{ckpt}", "--out", "{dir}"], 2, "is a folder; it must name a file", None),
+    ("crop-margin-nan", "crop.py", ["--root-dir", "{csv}", "--output-dir", "{new}/c1", "--margin", "nan"], 2,
+     "--margin must be a finite number >= 0, got nan", "{new}/c1"),
+    ("crop-margin-inf", "crop.py", ["--root-dir", "{csv}", "--output-dir", "{new}/c2", "--margin", "inf"], 2,
+     "--margin must be a finite number >= 0, got inf", "{new}/c2"),
+    ("predict-checkpoint-without-weights", "predict.py", ["--checkpoint", "{no_model}", "--input", "{root}",
+                                                          "--output", "{new}/p.csv"], 2, "has no model.pt", "{new}/p.csv"),
+    ("export-checkpoint-without-weights", "export.py", ["--checkpoint", "{no_model}", "--out", "{new}/m.onnx"], 2,
+     "has no model.pt", "{new}/m.onnx"),
+    ("train-over-an-earlier-run", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY, "--output-dir", "{run}"], 2,
+     "already holds an earlier output (config.yaml, metrics.csv, best); continue it with --resume or replace it with --overwrite",
+     None),
+    ("tune-over-an-earlier-search", "tune.py", ["--config", "configs/tune_demo.yaml", "data.root_dir={root}", *TINY,
+                                                "--output-dir", "{run}"], 2, "continue it with --resume or replace it with --overwrite", None),
+    ("resume-and-overwrite", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY, "--output-dir", "{run}",
+                                          "--resume", "--overwrite"], 2, "--resume and --overwrite exclude each other", None),
+    ("resume-nothing", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY, "--output-dir", "{new}/t2", "--resume"],
+     2, "holds no earlier output to continue", "{new}/t2"),
+    ("crop-into-a-users-folder", "crop.py", ["--root-dir", "{root}", "--output-dir", "{dir}"], 2,
+     "is not empty and holds no earlier crop", None),
+    ("predict-over-an-existing-file", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--output", "{file}"], 2,
+     "replace it with --overwrite", None),
+    ("export-over-an-earlier-export", "export.py", ["--checkpoint", "{ckpt}", "--out", "{onnx}"], 2,
+     "replace it with --overwrite", None),
+    ("evaluate-over-an-earlier-evaluation", "evaluate.py", ["--checkpoint", "{ckpt}", "--root-dir", "{root}",
+                                                            "--output-dir", "{run}"], 2, "replace it with --overwrite", None),
+    ("config-nan", "train.py", ["--config", DEMO, "data.root_dir={root}", "optim.lr=nan", "--output-dir", "{new}/t3"], 2,
+     "optim.lr must be a finite number, got nan", "{new}/t3"),
+    ("config-negative-margin", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.box_margin=-0.1",
+                                            "--output-dir", "{new}/t4"], 2, "data.box_margin is -0.1", "{new}/t4"),
+]
+
+
+@pytest.mark.parametrize("case, script, arguments, code, words, output", CASES, ids=[c[0] for c in CASES])
+def test_fault(world, case, script, arguments, code, words, output):
+    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx")]
+    before = tree_hash(*inputs)
+    exit_code, _, stderr = call_pipeline(script, *[argument.format(**world) for argument in arguments])
+    assert exit_code == code, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert words in last and "Traceback" not in stderr, stderr[-2000:]
+    assert tree_hash(*inputs) == before, "an input file changed"
+    if output:
+        assert not Path(output.format(**world)).exists(), "a partial output was left behind"
+
+
+def test_inspect_fails_when_no_image_is_readable(world, ray_local, tmp_path):
+    """Exit 1 with one sentence; the report with the counts is still written (that is its job)."""
+    code, _, stderr = call_pipeline("inspect_data.py", "--root-dir", world["unreadable"], "--output-dir", str(tmp_path / "i"))
+    assert code == 1, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: the data cannot be trained on: no image of")
+    assert (tmp_path / "i" / "inspect.json").exists()
+
+
+def test_split_warns_about_classes_too_small_for_validation(tmp_path):
+    root = tmp_path / "small"
+    write_class_folders(root, 10, (32, 24))
+    for extra in list((root / "Beta SUV 2007").iterdir())[1:]:
+        extra.unlink()  # one image left in that class
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"))
+    assert code == 0, stderr
+    warnings = [line for line in stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: 1 class(es) get no validation rows, too few images: Beta SUV 2007 (1 images)",
+                        "warning: 1 class(es) get no test rows, too few images: Beta SUV 2007 (1 images)"]
+    again, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"))
+    assert again == 2 and "replace it with --overwrite" in stderr
+    assert call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"), "--overwrite")[0] == 0
