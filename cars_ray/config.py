@@ -104,6 +104,7 @@ class TrainConfig:
     storage_path: str | None = None  # Ray Train storage; default <output_dir>/ray_results (shared FS on clusters)
     run_name: str = "train"
     eval_tta: bool = False  # horizontal-flip test-time augmentation in the final evaluation
+    tracking: str = "tensorboard"  # none | tensorboard (O/tensorboard) | mlflow (O/mlruns or MLFLOW_TRACKING_URI)
     output_dir: str = "runs/train"
 
 
@@ -260,6 +261,7 @@ CHOICES = {
     "train.use_gpu": ("auto", "true", "false"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "train.early_stop_mode": ("min", "max"),
+    "train.tracking": ("none", "tensorboard", "mlflow"),
     "train.select_mode": ("min", "max"),
     "tune.search_alg": ("random", "optuna", "hyperopt"),
     "tune.scheduler": ("asha", "fifo"),

@@ -1,27 +1,35 @@
-"""ONNX export of a checkpoint, with class names and preprocessing embedded, and a parity check.
+"""ONNX export of a checkpoint, with class names and preprocessing embedded, a parity check, int8.
 
 The exported graph is the evaluation view (``Preprocessing.eval_view``: centre crop, scale,
 normalise) followed by the model, so it takes the same uint8 (B, resize, resize, 3) batches as the
 PyTorch path and no runtime re-implements the view.
+
+- ``export_onnx``: a checkpoint to an fp32 ``.onnx`` file; ``check_parity`` compares it with PyTorch.
+- ``cached_onnx``: the fp32 export a CPU replica serves, made once per checkpoint content (its hash)
+  and kept only after the parity check held.
+- ``quantize_int8``: static QDQ quantisation with ONNX Runtime's tools, calibrated on images.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from cars_ray.checkpoint import load_model, preprocessing_of
+from cars_ray.checkpoint import META_FILE, MODEL_FILE, load_model, preprocessing_of, read_meta
 from cars_ray.errors import CheckpointError
 from cars_ray.outputs import write_atomic
 from cars_ray.preprocessing import Preprocessing
 
 OPSET = 17
 INPUT_NAME = "images"  # uint8 (batch, resize, resize, 3)
+PARITY_TOLERANCE = 1e-3  # max |logit difference| between PyTorch and ONNX Runtime, fp32
+CACHE_ENV = "CARS_RAY_CACHE_DIR"  # where exports of read-only checkpoints go (default ~/.cache/cars_ray)
 
 
 class ViewedClassifier(torch.nn.Module):
@@ -67,13 +75,21 @@ def export_onnx(checkpoint_dir: str, out_path: str) -> dict[str, Any]:
 
 
 class OnnxClassifier:
-    """An exported model run by onnxruntime on CPU, taking the same uint8 batches as the torch path."""
+    """An exported model run by onnxruntime on CPU, taking the same uint8 batches as the torch path.
 
-    def __init__(self, path: str):
+    ``num_threads`` caps ONNX Runtime's intra-op threads (a Serve replica passes its CPUs, so replicas
+    sharing a machine do not oversubscribe its cores); None lets ONNX Runtime use every core.
+    """
+
+    def __init__(self, path: str, num_threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own assorted types for unreadable files
@@ -87,6 +103,7 @@ class OnnxClassifier:
         self.class_names = json.loads(props["class_names"])
         self.preprocessing = Preprocessing.from_dict(json.loads(props["preprocessing"]), path)
         self.model_config = json.loads(props.get("model", "{}"))
+        self.int8 = "quantization" in props
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})[0]
@@ -110,3 +127,124 @@ def check_parity(checkpoint_dir: str, onnx_path: str, images: np.ndarray) -> Par
     onnx_logits = OnnxClassifier(onnx_path).logits(images)
     return ParityReport(float(np.abs(torch_logits - onnx_logits).max()),
                         float((torch_logits.argmax(1) == onnx_logits.argmax(1)).mean()), len(images))
+
+
+def parity_images(preprocessing: Preprocessing, paths: list[str] | None = None, num_images: int = 16) -> np.ndarray:
+    """uint8 images for a parity check: ``paths``, or the demo sample shipped in the package."""
+    from cars_ray.config import DEMO_ROOT
+    from cars_ray.data.loading import resolve_root
+    from cars_ray.evaluate.batch_predict import expand_inputs
+
+    return np.stack([preprocessing.decode(p) for p in expand_inputs(paths or [resolve_root(DEMO_ROOT)])[:num_images]])
+
+
+def checkpoint_digest(checkpoint_dir: str) -> str:
+    """A hash of the checkpoint's weights and meta.json (what an export depends on) and the export's opset."""
+    digest = hashlib.sha256(f"opset{OPSET}".encode())
+    for name in (MODEL_FILE, META_FILE):
+        with open(os.path.join(checkpoint_dir, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def onnx_cache_dir(checkpoint_dir: str) -> str:
+    """``CHECKPOINT/onnx`` when the checkpoint folder is writable, else ``$CARS_RAY_CACHE_DIR/onnx`` (default
+    ``~/.cache/cars_ray/onnx``)."""
+    if os.access(checkpoint_dir, os.W_OK):
+        return os.path.join(checkpoint_dir, "onnx")
+    return os.path.join(os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cars_ray"), "onnx")
+
+
+def cached_onnx(checkpoint_dir: str) -> str:
+    """The checkpoint's fp32 ONNX export, made on first use: exported next to a temporary name, checked
+    against PyTorch on the demo sample (the check of ``pipelines/export.py``) and only then given its
+    cached name, ``<digest>.onnx``. Raises CheckpointError when the check fails."""
+    path = os.path.join(onnx_cache_dir(checkpoint_dir), f"{checkpoint_digest(checkpoint_dir)}.onnx")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    candidate = f"{path}.unchecked-{os.getpid()}.onnx"
+    try:
+        export_onnx(checkpoint_dir, candidate)
+        report = check_parity(checkpoint_dir, candidate, parity_images(preprocessing_of(read_meta(checkpoint_dir), checkpoint_dir)))
+        if not report.holds(PARITY_TOLERANCE):
+            raise CheckpointError(f"the ONNX export of {checkpoint_dir} does not match PyTorch (max |logit difference| "
+                                  f"{report.max_abs_logit_diff:.2e}, top-1 agreement {report.top1_agreement:.3f}); "
+                                  "serve it with backend=torch")
+        os.replace(candidate, path)
+    finally:
+        if os.path.exists(candidate):
+            os.remove(candidate)
+    return path
+
+
+def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray, batch_size: int = 16) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights, min-max activation ranges over ``calibration``,
+    uint8 images) with ONNX Runtime's tools; writes ``out_path`` atomically with the fp32 file's metadata."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches: Iterator[np.ndarray] = (calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.uint8)}
+
+    source = onnx.load(fp32_path)
+
+    def write(tmp: str) -> None:
+        # ONNX Runtime's recommended pre-processing first (shape inference, graph optimisation: batch norms
+        # folded into the convolutions), then only convolutions and matrix products are quantised: the view
+        # in front (cast, scale, normalise) stays fp32.
+        prepared = f"{tmp}.prepared.onnx"
+        try:
+            quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+            quantize_static(prepared, tmp, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+        finally:
+            if os.path.exists(prepared):
+                os.remove(prepared)
+        proto = onnx.load(tmp)
+        del proto.metadata_props[:]
+        for entry in source.metadata_props:
+            proto.metadata_props.add(key=entry.key, value=entry.value)
+        proto.metadata_props.add(key="quantization", value=json.dumps(
+            {"format": "QDQ int8", "calibration_images": int(len(calibration)), "weights": "per-channel int8",
+             "activations": "uint8, min-max"}))
+        onnx.save(proto, tmp)
+
+    write_atomic(out_path, write)
+
+
+@dataclass
+class Int8Report:
+    """fp32 against int8 on the same images: top-1 agreement, and each one's top-1 when labels are known."""
+
+    agreement: float
+    num_images: int
+    fp32_top1: float | None = None
+    int8_top1: float | None = None
+
+    @property
+    def drop_points(self) -> float:
+        """Points of top-1 lost: against the labels when known, else the share of changed answers."""
+        if self.fp32_top1 is not None and self.int8_top1 is not None:
+            return 100 * (self.fp32_top1 - self.int8_top1)
+        return 100 * (1 - self.agreement)
+
+
+def compare_int8(fp32_path: str, int8_path: str, images: np.ndarray, labels: np.ndarray | None = None,
+                 batch_size: int = 64) -> Int8Report:
+    fp32, int8 = OnnxClassifier(fp32_path), OnnxClassifier(int8_path)
+    chunks = [slice(i, i + batch_size) for i in range(0, len(images), batch_size)]
+    top_fp32 = np.concatenate([fp32.logits(images[c]).argmax(1) for c in chunks])
+    top_int8 = np.concatenate([int8.logits(images[c]).argmax(1) for c in chunks])
+    report = Int8Report(float((top_fp32 == top_int8).mean()), len(images))
+    if labels is not None:
+        report.fp32_top1, report.int8_top1 = float((top_fp32 == labels).mean()), float((top_int8 == labels).mean())
+    return report

@@ -77,13 +77,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def write_text(path: str, text: str) -> None:
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    write_atomic(path, dump)
+
+
 def write_yaml(path: str, data: Any) -> None:
     import yaml
 
-    def dump(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False)
-    write_atomic(path, dump)
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def check_output_path(path: str, kind: str, inputs: Sequence[str | None], flag: str) -> str:

@@ -1,30 +1,92 @@
-"""Connecting to Ray: the cluster a job was submitted to, or a local instance."""
+"""Connecting to Ray (the cluster a job was submitted to, or a local instance) and keeping the console quiet.
+
+By default a pipeline's console shows its own lines only: the setup, one progress bar per phase,
+a summary line per epoch, the results. Ray's internal INFO/WARNING lines, Ray Data's per-operator
+bars and the workers' own output go to the logs (``O/logs/run.log`` for the driver's Python logging,
+``O/logs/native.log`` for Ray's C++ lines in the driver, Ray's session logs for the workers);
+``--verbose`` puts them all back on the console.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
 
 import ray
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster named by ``address``/RAY_ADDRESS (as under ``ray job submit``), else start locally."""
+
+def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> None:
+    """Join the cluster named by ``--address``/RAY_ADDRESS (as under ``ray job submit``), else start locally."""
+    verbose = getattr(args, "verbose", False)
     if ray.is_initialized():
+        configure_logging(verbose, log_dir)
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    if log_dir and not verbose:
+        native_output_to(os.path.join(log_dir, "native.log"))
+    configure_logging(verbose, log_dir)
+    address = args.address or os.environ.get("RAY_ADDRESS")
     # "local" starts a fresh instance rather than joining whatever cluster ran here last.
-    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus}
-    ray.init(logging_level=logging.WARNING, configure_logging=True, **kwargs)
-    # Ray Data prints a progress bar per operator; keep it, but not one line per block.
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    ctx.print_on_execution_start = False
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": args.num_cpus}
+    ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
+    quiet_ray_data(verbose)
+
+
+def native_output_to(path: str) -> None:
+    """Send what native code writes to file descriptor 2 (Ray's C++ log lines) to ``path``; Python's
+    ``sys.stderr`` keeps the terminal, so this program's own error sentences still show there."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    terminal = os.dup(2)
+    native = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(native, 2)
+    os.close(native)
+    sys.stderr.flush()
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=sys.stderr.encoding or "utf-8", errors="replace")
+
+
+def configure_logging(verbose: bool, log_dir: str | None) -> None:
+    """Everything at INFO to ``log_dir/run.log``; on the console only errors, or everything with --verbose."""
+    root, ray_logger = logging.getLogger(), logging.getLogger("ray")
+    root.setLevel(logging.INFO)
+    for handler in [h for h in root.handlers if getattr(h, "cars_ray", False)]:
+        root.removeHandler(handler)
+    # Ray's logger prints to the console on its own (and ray.init drops its handlers, leaving Python's
+    # last-resort printer): let its records reach the root's handlers below instead.
+    ray_logger.setLevel(logging.INFO)
+    ray_logger.propagate = True
+    for handler in [h for h in ray_logger.handlers if not isinstance(h, logging.FileHandler)]:
+        ray_logger.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if verbose else logging.ERROR)
+    console.cars_ray = True
+    console.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(console)
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        log_file = logging.FileHandler(os.path.join(log_dir, "run.log"), encoding="utf-8")
+        log_file.cars_ray = True
+        log_file.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(log_file)
+
+
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data logs to its own console handler and draws a bar per operator: both only with --verbose."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def add_ray_arguments(parser) -> None:
-    """--address and --num-cpus, shared by every pipeline."""
+    """--address, --num-cpus and --verbose, shared by every pipeline."""
     group = parser.add_argument_group("ray")
     group.add_argument("--address", default=None,
                        help="Ray cluster address, e.g. auto for the cluster `ray start` made here (default: RAY_ADDRESS, as set by `ray job submit`, else a new local instance)")
     group.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+    group.add_argument("--verbose", action="store_true",
+                       help="also show Ray's own log lines, Ray Data's bars and the workers' output on the console")

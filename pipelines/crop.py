@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     for note in manifest.notes:
         print(f"note: {note}")
     started = time.perf_counter()
-    init_ray(args.address, args.num_cpus)
+    init_ray(args, os.path.join(output_dir, "logs"))
     ray_started = time.perf_counter()
     report = crop_dataset(manifest, output_dir, args.margin, overwrite=args.overwrite)
     elapsed = time.perf_counter() - ray_started

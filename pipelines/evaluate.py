@@ -11,13 +11,15 @@ names and preprocessing, so no training config is needed.
 from __future__ import annotations
 
 import json
+import os
 
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.data.split import SPLITS, apply_split, read_split_file
 from cars_ray.errors import DataError
-from cars_ray.evaluate.evaluation import EVALUATION_OUTPUTS, evaluate_checkpoint
+from cars_ray.evaluate.evaluation import EVALUATION_OUTPUTS, EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import check_earlier_output, check_output_path
+from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, init_ray
 from cars_ray.checkpoint import check_classes, read_meta
 
@@ -49,9 +51,10 @@ def main(argv=None) -> int:
     output_dir = check_output_path(args.output_dir, "dir", [args.checkpoint, args.root_dir, manifest.root, args.split_file],
                                    "--output-dir")
     check_earlier_output(output_dir, EVALUATION_OUTPUTS, False, args.overwrite, "--output-dir", can_resume=False)
-    init_ray(args.address, args.num_cpus)
-    metrics = evaluate_checkpoint(args.checkpoint, rows, manifest.class_names, output_dir, tta=args.tta,
-                                  title=title, source=args.root_dir)
+    init_ray(args, os.path.join(output_dir, "logs"))
+    with progress_console() as board:
+        metrics = evaluate_checkpoint(args.checkpoint, rows, manifest.class_names, output_dir,
+                                      EvaluationOptions(tta=args.tta, title=title, source=args.root_dir, progress=board))
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro",
                                                  "balanced_accuracy", "num_images")}, indent=2))
     print(f"wrote metrics.json, per_class.csv, confused_pairs.csv, predictions.csv, confusion_matrix.png to {args.output_dir}")

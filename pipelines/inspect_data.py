@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     manifest = read_dataset(args.root_dir, args.layout)
     output_dir = check_output_path(args.output_dir, "dir", [args.root_dir, manifest.root], "--output-dir")
     check_earlier_output(output_dir, INSPECT_OUTPUTS, False, args.overwrite, "--output-dir", can_resume=False)
-    init_ray(args.address, args.num_cpus)
+    init_ray(args, os.path.join(output_dir, "logs"))
     report = inspect_manifest(manifest)
     print(format_summary(report))
     os.makedirs(output_dir, exist_ok=True)

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     output = check_output_path(args.output, "file", [args.checkpoint, *args.input], "--output")
     check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,
                          "the folder of --output", can_resume=False)
-    init_ray(args.address, args.num_cpus)
+    init_ray(args)
     predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)  # None: min(5, classes)
     write_csv(output, predictions)
     failed = int((predictions.error != "").sum())

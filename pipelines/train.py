@@ -18,6 +18,7 @@ from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
 from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
+from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, init_ray
 
 # What a run writes into its output folder (ray_results/<run_name> is named by the config).
@@ -49,9 +50,9 @@ def main(argv=None) -> int:
     os.makedirs(output_dir, exist_ok=True)
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
-    init_ray(args.address, args.num_cpus)
-    print(f"[cars_ray] Ray ready in {time.perf_counter() - started:.1f}s")
-    outcome = fit(cfg, output_dir, resume=args.resume, data=data)
+    init_ray(args, os.path.join(output_dir, "logs"))
+    with progress_console() as board:
+        outcome = fit(cfg, output_dir, resume=args.resume, data=data, progress=board)
     print(results_table(outcome, time.perf_counter() - started))
     return EXIT_OK
 
@@ -65,7 +66,8 @@ def results_table(outcome, seconds: float) -> str:
         rows += [("test top-1", f"{test['top1']:.3f}"), ("test top-5", f"{test['top5']:.3f}"),
                  ("test macro F1", f"{test['f1_macro']:.3f}"), ("test balanced acc", f"{test['balanced_accuracy']:.3f}"),
                  ("test images", f"{test['num_images']}")]
-    rows += [("wall time", f"{seconds:.0f} s"), ("checkpoint", outcome.best_dir)]
+    rows += [("wall time", f"{seconds:.0f} s"), ("checkpoint", outcome.best_dir),
+             ("report", os.path.join(outcome.output_dir, "report.html"))]
     width = max(len(name) for name, _ in rows)
     return "\n".join(["", "results", "-" * 40] + [f"{name:<{width}}  {value}" for name, value in rows])
 

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     os.makedirs(output_dir, exist_ok=True)
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
-    init_ray(args.address, args.num_cpus)
+    init_ray(args, os.path.join(output_dir, "logs"))
     outcome = run_search(cfg, output_dir, resume=args.resume, data=data)
     metric = f"best_{cfg.tune.metric}"
     columns = ["trial_id"] + [c for c in outcome.table.columns if c.startswith("param.")] + \

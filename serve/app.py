@@ -49,16 +49,21 @@ class Classifier:
     """A model replica; concurrent requests are grouped into one forward pass by ``@serve.batch``."""
 
     def __init__(self, model_path: str, batching: bool = True, max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.01):
+                 batch_wait_timeout_s: float = 0.01, backend: str = "auto"):
+        import ray
+
         from cars_ray.evaluate.predictor import load_backend
 
-        self.backend = load_backend(model_path)
+        # ONNX Runtime gets as many threads as the replica has CPUs, so replicas sharing a machine do not
+        # oversubscribe its cores; a checkpoint on a CPU replica runs its cached, parity-checked ONNX export.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        self.backend = load_backend(model_path, backend=backend, num_threads=max(1, round(cpus)))
         self.batching = batching
         self.predict_batched.set_max_batch_size(max_batch_size)
         self.predict_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     def info(self) -> dict[str, Any]:
-        return {"model": self.backend.name, "class_names": self.backend.class_names,
+        return {"model": self.backend.name, "backend": self.backend.kind, "class_names": self.backend.class_names,
                 "preprocessing": self.backend.preprocessing.to_dict()}
 
     async def predict(self, image: np.ndarray) -> np.ndarray:
@@ -99,7 +104,7 @@ class CarsAPI:
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
         info = await self.info()
-        return {"status": "ok", "model": info["model"], "num_classes": len(info["class_names"])}
+        return {"status": "ok", "model": info["model"], "backend": info["backend"], "num_classes": len(info["class_names"])}
 
     @api.get("/classes")
     async def classes(self) -> dict[str, Any]:
@@ -185,15 +190,30 @@ class CarsAPI:
             raise UserInputError(status, f"the upload is not a usable image ({err})") from None
 
 
+DEFAULT_GPU_SHARE = 0.25  # a quarter of a GPU per replica: up to four replicas autoscale on one GPU
+
+
+def replica_resources(args: dict[str, str], path: str, backend: str, has_gpu: bool) -> dict[str, float]:
+    """A Classifier replica's CPUs (also ONNX Runtime's threads) and GPU share: 0.25 of a GPU where the
+    cluster has GPUs and the replica runs PyTorch, none for ONNX Runtime (it runs on CPU here)."""
+    runs_torch = backend in ("auto", "torch") and not path.endswith(".onnx")
+    default_gpus = DEFAULT_GPU_SHARE if has_gpu and runs_torch else 0
+    return {"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": float(args.get("num_gpus", default_gpus))}
+
+
 def build(args: dict[str, str]) -> serve.Application:
     """Application builder for ``serve run serve.app:build checkpoint=PATH [key=value ...]``.
 
-    Arguments: checkpoint (a checkpoint directory or .onnx file; required), batching (true/false),
+    Arguments: checkpoint (a checkpoint directory or .onnx file; required), backend (auto, torch, onnx,
+    onnx-int8; auto runs PyTorch on a GPU replica and ONNX Runtime on a CPU one), batching (true/false),
     max_batch_size, batch_wait_timeout_s, max_body_bytes, max_pixels, min_replicas, max_replicas,
-    target_ongoing_requests, num_gpus (per replica; default 1 when the cluster has GPUs and the
-    model is not ONNX). Replica settings in a serve config's ``deployments:`` override these.
+    target_ongoing_requests, num_cpus (per replica; also ONNX Runtime's thread count), num_gpus (per
+    replica; default 0.25 when the cluster has GPUs and the replica runs PyTorch, else 0). Replica
+    settings in a serve config's ``deployments:`` override these.
     """
     import ray
+
+    from cars_ray.evaluate.predictor import choose_backend
 
     path = args.get("checkpoint")
     if not path:
@@ -201,8 +221,9 @@ def build(args: dict[str, str]) -> serve.Application:
     if not os.path.exists(path):
         raise ValueError(f"checkpoint {path} does not exist")
     path = os.path.abspath(path)
+    backend = str(args.get("backend", "auto"))
+    choose_backend(path, backend)  # fails here, in one sentence, on a backend the model cannot run on
     has_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
-    num_gpus = float(args.get("num_gpus", 1 if has_gpu and not path.endswith(".onnx") else 0))
     classifier = Classifier.options(
         autoscaling_config={
             "min_replicas": int(args.get("min_replicas", 1)),
@@ -211,8 +232,8 @@ def build(args: dict[str, str]) -> serve.Application:
             "upscale_delay_s": float(args.get("upscale_delay_s", 3)),
             "downscale_delay_s": float(args.get("downscale_delay_s", 15)),
         },
-        ray_actor_options={"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": num_gpus},
+        ray_actor_options=replica_resources(args, path, backend, has_gpu),
     ).bind(path, str(args.get("batching", "true")).lower() == "true", int(args.get("max_batch_size", 16)),
-           float(args.get("batch_wait_timeout_s", 0.01)))
+           float(args.get("batch_wait_timeout_s", 0.01)), backend)
     return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}).bind(
         classifier, int(args.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)), int(args.get("max_pixels", DEFAULT_MAX_PIXELS)))

@@ -73,7 +73,8 @@ def test_job_submit_demo_training(head_node, tmp_path):
     started = time.time()
     out = tmp_path / "demo"
     proc = submit(head_node, "python", "pipelines/train.py", "--config", "configs/demo.yaml", "--output-dir", str(out),
-                  "train.epochs=1", "data.max_images_per_class=8", "data.image_size=64")
+                  "train.epochs=1", "data.max_images_per_class=8", "data.image_size=32",
+                  "model.backbone=test_efficientnet", "model.weights=none")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "test top-1" in proc.stdout and (out / "best" / "model.pt").exists()
     assert time.time() - started < 600

@@ -19,12 +19,16 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, tmp_path_factory):
+def checkpoint(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, checkpoint):
     from ray import serve
 
     from serve.app import build
 
-    checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "ckpt")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -126,3 +130,87 @@ def test_page_in_headless_chromium(served, tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(result["rows"]) == 4 and any(name in result["rows"][0] for name in CLASS_NAMES)
     assert "test_efficientnet" in result["model"] and shot.stat().st_size > 5000
+
+
+def test_cpu_replica_serves_the_checked_onnx_export_of_a_checkpoint(served, checkpoint):
+    health = requests.get(f"{served}/health", timeout=30).json()
+    assert health["backend"] == "onnx" and "(onnx)" in health["model"]
+    cached = list((checkpoint / "onnx").glob("*.onnx"))
+    assert len(cached) == 1 and not list((checkpoint / "onnx").glob("*unchecked*"))
+
+
+def test_backend_choice_overrides_and_refusals(checkpoint, tmp_path):
+    from cars_ray.evaluate.predictor import choose_backend
+    from serve.app import replica_resources
+
+    assert choose_backend(str(checkpoint), "torch") == "torch" and choose_backend(str(checkpoint), "onnx") == "onnx"
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"")
+    with pytest.raises(ValueError, match="backend=torch needs a checkpoint directory"):
+        choose_backend(str(onnx_file), "torch")
+    with pytest.raises(ValueError, match="backend=onnx-int8 needs an int8 .onnx file"):
+        choose_backend(str(checkpoint), "onnx-int8")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        choose_backend(str(checkpoint), "tensorrt")
+    # Fractional GPUs: four PyTorch replicas fit on one GPU; ONNX Runtime replicas take none.
+    assert replica_resources({}, str(checkpoint), "auto", has_gpu=True) == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert replica_resources({}, str(checkpoint), "onnx", has_gpu=True)["num_gpus"] == 0
+    assert replica_resources({}, str(checkpoint), "auto", has_gpu=False)["num_gpus"] == 0
+    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    classifier = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Classifier")
+    assert classifier["ray_actor_options"]["num_gpus"] == 0.25
+
+
+def test_onnx_cache_refuses_an_export_that_fails_parity(checkpoint, tmp_path, monkeypatch):
+    import shutil as sh
+
+    from cars_ray import export
+    from cars_ray.errors import CheckpointError
+
+    copy = tmp_path / "ckpt"
+    sh.copytree(checkpoint, copy, ignore=sh.ignore_patterns("onnx"))
+    monkeypatch.setattr(export, "check_parity", lambda *a: export.ParityReport(0.5, 0.75, 16))
+    with pytest.raises(CheckpointError, match="does not match PyTorch.*backend=torch"):
+        export.cached_onnx(str(copy))
+    assert not list(copy.rglob("*.onnx"))
+    monkeypatch.setattr(export.os, "access", lambda *a: False)  # a read-only checkpoint (root ignores modes)
+    monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "cache"))
+    assert export.onnx_cache_dir(str(copy)) == str(tmp_path / "cache" / "onnx")
+
+
+@pytest.mark.gpu
+def test_two_torch_replicas_share_one_gpu(ray_local, checkpoint):
+    import torch
+    from ray import serve
+
+    from serve.app import build
+
+    if not torch.cuda.is_available() or ray_local.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("needs a CUDA device in the session's Ray")
+    serve.run(build({"checkpoint": str(checkpoint), "min_replicas": "2", "max_replicas": "2", "num_cpus": "0.25"}),
+              name="gpu_share", route_prefix="/gpu_share")
+    try:
+        replicas = serve.status().applications["gpu_share"].deployments["Classifier"].replica_states
+        assert replicas.get("RUNNING") == 2
+    finally:
+        serve.delete("gpu_share")
+
+
+def test_replica_killed_under_load_recovers(served, checkpoint):
+    """16 clients on two replicas; one replica's process is killed: only requests in flight there may fail,
+    the replica count comes back, and the requests after it succeed. README: clients retry a 5xx once."""
+    from ray import serve
+
+    from serve.app import build
+    from serve.loadtest import load_with_replica_kill
+
+    serve.run(build({"checkpoint": str(checkpoint), "min_replicas": "2", "max_replicas": "2", "num_cpus": "0.25"}),
+              name="kill", route_prefix="/kill")
+    url = served + "/kill/predict"
+    try:
+        outcome = load_with_replica_kill(url, jpeg_bytes(seed=5), "kill", clients=16, kill_after=3.0, after_recovery=3.0)
+    finally:
+        serve.delete("kill")
+    assert outcome["recovered_s"] is not None and outcome["recovered_s"] < 90, outcome
+    assert outcome["ok_before_kill"] > 0 and outcome["failed_until_recovered"] <= 16, outcome
+    assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -50,9 +51,19 @@ def test_two_epochs_lower_the_loss_and_write_outputs(baseline_run):
     assert history.train_loss.iloc[1] < history.train_loss.iloc[0]
     assert {"train_loss", "val_loss", "val_top1", "lr_classifier", "images_per_second"} <= set(history.columns)
     assert (output / "best" / "model.pt").exists() and (output / "metrics.csv").exists()
-    for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confused_pairs.csv"):
+    for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confused_pairs.csv", "errors.png", "per_class.png"):
         assert (output / "evaluation" / name).exists(), name
     assert baseline_run.test_metrics["num_images"] == 16
+    assert (output / "curves.png").stat().st_size > 10_000 and (output / "report.html").exists()
+    assert json.loads((output / "run.json").read_text())["epochs_run"] == 2
+    assert list((output / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard scalars and figures"
+    from cars_ray.train import EPOCH_METRICS
+
+    assert set(EPOCH_METRICS) <= set(history.columns)
+    checkpoints = sorted(p for p in (output / "ray_results" / "demo").glob("checkpoint_*") if p.is_dir())
+    assert len(checkpoints) == 2, "epoch 1: weights of a new best; epoch 2: the last, full"
+    assert not (checkpoints[0] / "train_state.pt").exists() and (checkpoints[0] / "model.pt").exists()
+    assert (checkpoints[1] / "train_state.pt").exists()
 
 
 def test_two_workers_match_one(baseline_run, train_root, tmp_path):
@@ -249,3 +260,28 @@ def test_strong_recipe_options_and_frozen_early_backbone(ray_local, train_root, 
     for param in stages["early"]:
         assert torch.allclose(trained[names[id(param)]], param.detach(), atol=1e-6), names[id(param)]
     assert any(not torch.allclose(trained[names[id(p)]], p.detach(), atol=1e-4) for p in stages["late"])
+
+
+def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, train_root, tmp_path):
+    """Static int8 of the trained baseline: calibrated on its training images it keeps top-1 on the val rows;
+    calibrated on black frames its activation ranges are wrong, and the export is refused, nothing written."""
+    from helpers.entry_points import call_pipeline
+
+    split = pd.DataFrame({"path": [f"{folder_of(n)}/{c}_{i:03d}.jpg" for c, n in enumerate(CLASS_NAMES) for i in range(16)],
+                          "class_id": [c + 1 for c in range(4) for _ in range(16)],
+                          "split": (["train"] * 8 + ["val"] * 8) * 4})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    check = ["--root-dir", str(train_root), "--split-file", str(tmp_path / "split.csv"), "--max-drop", "5"]
+    code, out, err = call_pipeline("export.py", "--checkpoint", baseline_run.best_dir, "--out", str(tmp_path / "good.onnx"),
+                                   "--int8", "--calibration-dir", str(train_root), *check)
+    assert code == 0, out + err
+    assert "32 'val' images" in out and "wrote" in out and (tmp_path / "good.onnx").is_file()
+    from cars_ray.evaluate.predictor import is_int8_onnx
+
+    assert is_int8_onnx(str(tmp_path / "good.onnx"))
+    for i in range(8):
+        make_image(tmp_path / "black" / f"{i}.jpg", (48, 40), (0, 0, 0))
+    code, out, err = call_pipeline("export.py", "--checkpoint", baseline_run.best_dir, "--out", str(tmp_path / "bad.onnx"),
+                                   "--int8", "--calibration-dir", str(tmp_path / "black"), *check)
+    assert code == 1 and "more than --max-drop 5" in out and "was not written" in out, out + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["black", "good.onnx", "split.csv"]

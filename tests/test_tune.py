@@ -39,7 +39,9 @@ def tune_overrides(root, *extra):
 def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune_root, tmp_path):
     from cars_ray.tune.runner import run_search
 
-    cfg = load_config("configs/tune_demo.yaml", tune_overrides(tune_root))
+    # Two trials at a time (one CPU each): the hopeless one starts last, when earlier trials' first epochs
+    # are in for ASHA to compare it with.
+    cfg = load_config("configs/tune_demo.yaml", tune_overrides(tune_root, "tune.max_concurrent_trials=2"))
     outcome = run_search(cfg, str(tmp_path))
     table = pd.read_csv(tmp_path / "tune_results.csv")
     assert len(table) == 4 and (tmp_path / "tune.png").stat().st_size > 10_000
@@ -54,6 +56,7 @@ def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune
         assert (tmp_path / "evaluation" / name).exists()
     assert outcome.test_metrics["num_images"] == 20
     assert list((tmp_path / "ray_results" / "tune").glob("*/events.out.tfevents.*")), "TensorBoard logs"
+    assert (tmp_path / "curves.png").exists() and "Trials" in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.parametrize("override, message", [

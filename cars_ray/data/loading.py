@@ -24,6 +24,7 @@ from cars_ray.errors import ConfigError, DataError, ImageError
 from cars_ray.preprocessing import Preprocessing
 
 ROWS_PER_BLOCK = 64
+DECODE_PHASE = "decoding"
 
 
 def resolve_root(root_dir: str) -> str:
@@ -77,10 +78,11 @@ def load_training_table(cfg: Config) -> tuple[Manifest, pd.DataFrame]:
     return manifest, table
 
 
-def decode_batch(batch: pd.DataFrame, preprocessing: Preprocessing) -> dict[str, np.ndarray]:
+def decode_batch(batch: pd.DataFrame, preprocessing: Preprocessing, progress=None) -> dict[str, np.ndarray]:
     """Decode a block of manifest rows to ``image`` (N, resize, resize, 3) uint8, ``label`` and ``row_id``.
 
     Unreadable images are dropped here (they are listed by ``inspect_data`` and the crop report).
+    ``progress`` (a ProgressBoard) hears of every decoded block.
     """
     images, labels, paths, row_ids = [], [], [], []
     for row in batch.to_dict("records"):
@@ -93,6 +95,8 @@ def decode_batch(batch: pd.DataFrame, preprocessing: Preprocessing) -> dict[str,
         paths.append(row["rel_path"])
         row_ids.append(row["row_id"])
     size = preprocessing.resize
+    if progress is not None:
+        progress.advance.remote(DECODE_PHASE, len(batch))
     return {
         "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
         "label": np.asarray(labels, dtype=np.int64),
@@ -101,20 +105,24 @@ def decode_batch(batch: pd.DataFrame, preprocessing: Preprocessing) -> dict[str,
     }
 
 
-def decoded_dataset(rows: pd.DataFrame, preprocessing: Preprocessing, batch_size: int = 32) -> ray.data.Dataset:
+def decoded_dataset(rows: pd.DataFrame, preprocessing: Preprocessing, batch_size: int = 32,
+                    progress=None) -> ray.data.Dataset:
     """A lazy Ray Dataset decoding ``rows`` in parallel across the cluster's CPUs."""
     columns = ["path", "rel_path", "class_index", "x1", "y1", "x2", "y2"]
     rows = rows[columns].reset_index(drop=True).assign(row_id=lambda frame: np.arange(len(frame)))
     return dataset_from_frame(rows, ROWS_PER_BLOCK).map_batches(
-        decode_batch, batch_format="pandas", batch_size=batch_size, fn_kwargs={"preprocessing": preprocessing})
+        decode_batch, batch_format="pandas", batch_size=batch_size,
+        fn_kwargs={"preprocessing": preprocessing, "progress": progress})
 
 
-def build_training_datasets(table: pd.DataFrame, preprocessing: Preprocessing,
-                            cfg: DataConfig) -> dict[str, ray.data.MaterializedDataset]:
+def build_training_datasets(table: pd.DataFrame, preprocessing: Preprocessing, cfg: DataConfig,
+                            progress=None) -> dict[str, ray.data.MaterializedDataset]:
     """Train and val datasets, decoded once and held in Ray's object store for the whole run."""
+    if progress is not None:
+        progress.begin.remote(DECODE_PHASE, int(table.split.isin(["train", "val"]).sum()))
     datasets = {}
     for name in ("train", "val"):
-        datasets[name] = (decoded_dataset(table[table.split == name], preprocessing, cfg.decode_batch_size)
+        datasets[name] = (decoded_dataset(table[table.split == name], preprocessing, cfg.decode_batch_size, progress)
                           .drop_columns(["rel_path"]).materialize())
         # The decode showed its progress; the workers' one pull of the cached blocks needs no bar (a dataset
         # carries the context it was made with into the workers).

@@ -12,7 +12,7 @@ import pandas as pd
 from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.layouts import IMAGE_SUFFIXES
 from cars_ray.errors import DataError, ImageError
-from cars_ray.evaluate.predictor import backend_info, predict_dataset
+from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.preprocessing import Preprocessing
 
 ROWS_PER_BLOCK = 64
@@ -58,7 +58,7 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
     decoded = dataset_from_frame(pd.DataFrame({"path": paths}), ROWS_PER_BLOCK).map_batches(
         decode_for_prediction, batch_format="pandas", batch_size=32, fn_kwargs={"preprocessing": preprocessing})
     rows = []
-    for batch in predict_dataset(decoded, model_path, tta=tta).iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in scored_batches(decoded, model_path, len(paths), tta):
         for path, error, probs in zip(batch["path"], batch["error"], batch["probs"]):
             order = np.argsort(-probs)[:topk]
             rows.append({

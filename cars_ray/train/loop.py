@@ -13,6 +13,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray.train
@@ -24,6 +25,7 @@ from cars_ray.config import Config
 from cars_ray.data.feed import CachedSplit
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.train.run import TrainingRun
+from cars_ray.train.tracking import EpochTracker, TrackingTarget
 
 FULL, WEIGHTS = "full", "weights"  # checkpoint kinds: training state + weights, or the weights of a new best
 
@@ -35,6 +37,8 @@ class LoopSettings:
     config: dict
     class_names: list[str]
     preprocessing: dict
+    progress: Any = None  # a ProgressBoard actor the driver draws, or None (Tune trials)
+    tracking: TrackingTarget | None = None  # where rank 0 writes each epoch's scalars
 
     def as_loop_config(self) -> dict:
         return {"settings": self}
@@ -54,22 +58,44 @@ def train_loop_per_worker(loop_config: dict) -> None:
     preprocessing = Preprocessing.from_dict(settings.preprocessing, "train loop config")
     run = TrainingRun(cfg, len(settings.class_names), preprocessing, device,
                       train_rows.steps_per_epoch(cfg.data.batch_size, world_size), world_size)
-    resume(run, rank)
+    resume(run, rank, settings.progress)
 
+    board = settings.progress if rank == 0 else None
+    tracker = EpochTracker(settings.tracking if rank == 0 else None, flat_params(settings.config))
     while run.state.epoch < cfg.train.epochs:
         epoch = run.state.epoch + 1
         run.apply_freeze(epoch)
+        phase = f"epoch {epoch}/{cfg.train.epochs}"
+        if board is not None:
+            board.begin.remote(phase, run.steps_per_epoch * cfg.data.batch_size * world_size)
         started = time.perf_counter()
-        train_metrics = run.train_epoch(train_rows.train_batches(cfg.train.seed, epoch, rank, world_size,
-                                                                 cfg.data.batch_size, device))
+        train_metrics = run.train_epoch(
+            train_rows.train_batches(cfg.train.seed, epoch, rank, world_size, cfg.data.batch_size, device),
+            on_progress=(lambda images: board.advance.remote(phase, images * world_size)) if board else None)
         train_seconds = time.perf_counter() - started
         val_metrics = run.validate(val_rows.eval_batches(rank, world_size, cfg.data.eval_batch_size, device))
         metrics = run.end_epoch(train_metrics, val_metrics, started, train_seconds)
+        tracker.log(metrics)
         report(run, metrics, settings, rank)
-        if rank == 0:
-            print(format_epoch(metrics, cfg.train.epochs), flush=True)
+        say(format_epoch(metrics, cfg.train.epochs), rank, board)
         if metrics["stop_reason"]:
             break
+    tracker.close()
+
+
+def say(text: str, rank: int, board=None) -> None:
+    """A line from rank 0: to the driver's console through the board, and to this worker's log."""
+    if rank != 0:
+        return
+    print(text, flush=True)  # the worker's log (Ray's session logs; the console too with --verbose)
+    if board is not None:
+        board.line.remote(text)
+
+
+def flat_params(config: dict) -> dict[str, Any]:
+    """``{"optim.lr": 0.001, ...}``: the config as tracking tools take parameters."""
+    return {f"{section}.{key}": value for section, values in config.items() if section != "tune"
+            for key, value in values.items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -78,22 +104,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resume(run: TrainingRun, rank: int) -> None:
+def resume(run: TrainingRun, rank: int, board=None) -> None:
     """Continue from the latest full-state checkpoint of this run, if any (worker restart or --resume)."""
     if ray.train.get_checkpoint() is None:
         return
     reported = ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     full = [r.checkpoint for r in reported if r.metrics.get("checkpoint_kind") == FULL]
     if not full:
-        if rank == 0:
-            print("[cars_ray] no full checkpoint yet (train.checkpoint_every); starting from epoch 1", flush=True)
+        say("[cars_ray] no full checkpoint yet (train.checkpoint_every); starting from epoch 1", rank, board)
         return
     with full[-1].as_directory() as directory:
         run.load_state_dict(read_train_state(directory))
     run.state.resumed_at.append(run.state.epoch)
     run.apply_freeze(run.state.epoch + 1)
-    if rank == 0:
-        print(f"[cars_ray] resumed from the checkpoint of epoch {run.state.epoch}", flush=True)
+    say(f"[cars_ray] resumed from the checkpoint of epoch {run.state.epoch}", rank, board)
 
 
 def checkpoint_kind(metrics: dict, cfg: Config) -> str:

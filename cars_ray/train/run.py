@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import ray.train.torch
@@ -27,6 +27,7 @@ from cars_ray.preprocessing import Preprocessing
 from cars_ray.train.optim import amp_dtype, autocast, create_optimizer, create_scheduler, set_early_frozen, unwrap
 
 NAN_CHECK_EVERY = 20  # steps between the (all-rank, host-synchronising) checks that the loss is finite
+PROGRESS_EVERY = 5  # steps between progress posts (no host synchronisation: image counts only)
 STOP_EARLY = "early_stopping"
 STOP_NON_FINITE = "non_finite_loss"
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (uint8 images (B, H, W, 3), labels (B,)) on the device
@@ -128,7 +129,8 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ epochs
 
-    def train_epoch(self, batches: Batches) -> dict:
+    def train_epoch(self, batches: Batches, on_progress: Callable[[int], None] | None = None) -> dict:
+        """One pass over ``batches``; ``on_progress(images)`` hears of the images done every few steps."""
         cfg, model = self.cfg, self.wrapped
         model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -158,6 +160,8 @@ class TrainingRun:
             loss_sum += loss.detach() * labels.shape[0]
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.shape[0]
+            if on_progress is not None and step_in_epoch % PROGRESS_EVERY == 0:
+                on_progress(PROGRESS_EVERY * labels.shape[0])
             if step_in_epoch % NAN_CHECK_EVERY == 0 and not self.finite_on_all_ranks(loss_sum):
                 break  # every rank leaves here together; the epoch's loss then reads non-finite
         totals = all_reduce(torch.stack([loss_sum, correct.float(), seen]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -20,11 +19,14 @@ from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import CarsRayError, ConfigError
-from cars_ray.evaluate.evaluation import evaluate_checkpoint
-from cars_ray.outputs import replace_dir, write_csv
+from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
+from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
+from cars_ray.plots import training_curves_figure
 from cars_ray.preprocessing import Preprocessing
+from cars_ray.report import write_report
 from cars_ray.train.loop import LoopSettings, train_loop_per_worker
 from cars_ray.train.run import STOP_NON_FINITE
+from cars_ray.train.tracking import TrackingTarget, add_figures
 
 
 class TrainingError(CarsRayError):
@@ -94,48 +96,65 @@ def prepare_run_dir(cfg: Config, output_dir: str, resume: bool) -> str:
     return storage
 
 
-@contextmanager
-def ray_data_progress(enabled: bool):
-    context = ray.data.DataContext.get_current()
-    previous = context.enable_progress_bars
-    context.enable_progress_bars = enabled
-    try:
-        yield
-    finally:
-        context.enable_progress_bars = previous
-
-
 def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool = True,
         train_fn: Callable[[dict], None] = train_loop_per_worker,
-        data: tuple[Manifest, pd.DataFrame] | None = None) -> TrainOutcome:
+        data: tuple[Manifest, pd.DataFrame] | None = None, progress=None) -> TrainOutcome:
     """Train with Ray Train, copy the best checkpoint to ``output_dir/best`` and evaluate it on test rows.
 
-    ``data`` is what :func:`load_training_table` returned, when the caller checked it already.
+    ``data`` is what :func:`load_training_table` returned, when the caller checked it already;
+    ``progress`` a ProgressBoard the caller draws (decoding, epochs, evaluation).
     """
+    fit_started = time.perf_counter()
+    tracking = TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)
     manifest, table = data or load_training_table(cfg)
     preprocessing = Preprocessing.from_config(cfg)
-    print(f"[cars_ray] {manifest.layout} data at {manifest.root}: {manifest.num_classes} classes; "
-          + ", ".join(f"{name} {int((table.split == name).sum())}" for name in ("train", "val", "test")))
+    scaling = scaling_config(cfg)
+    device = f"{scaling.num_workers} worker(s) x " + (f"{cfg.train.gpus_per_worker:g} GPU" if scaling.use_gpu
+                                                       else f"{cfg.train.cpus_per_worker:g} CPU")
+    note(f"[cars_ray] {manifest.layout} data at {manifest.root}: {manifest.num_classes} classes; "
+         + ", ".join(f"{name} {int((table.split == name).sum())}" for name in ("train", "val", "test"))
+         + f"; {cfg.model.backbone} at {cfg.data.image_size} px on {device}", progress)
     started = time.perf_counter()
-    datasets = build_training_datasets(table, preprocessing, cfg.data)
+    datasets = build_training_datasets(table, preprocessing, cfg.data, progress)
     check_full_batches(cfg, datasets["train"].count(), "the readable training images")
-    print(f"[cars_ray] decoded {datasets['train'].count()} train and {datasets['val'].count()} val images "
-          f"in {time.perf_counter() - started:.1f}s")
-    settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict())
+    note(f"[cars_ray] decoded {datasets['train'].count()} train and {datasets['val'].count()} val images "
+         f"in {time.perf_counter() - started:.1f}s", progress)
+    settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking)
     run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume))
-    trainer = build_trainer(cfg, settings, datasets, run_config, train_fn)
-    started = time.perf_counter()
-    # Decoding showed its progress above; per-epoch shard progress bars would only drown the epoch lines.
-    with ray_data_progress(False):
-        result = trainer.fit()
+    result = build_trainer(cfg, settings, datasets, run_config, train_fn).fit()
     if result.error is not None:
         raise result.error
-    print(f"[cars_ray] training ran {time.perf_counter() - started:.1f}s (workers' start included)")
-    return finish(cfg, output_dir, result, manifest.class_names, table, evaluate_test)
+    outcome = finish(cfg, output_dir, result, manifest.class_names, table, evaluate_test, progress)
+    figures = {"curves": os.path.join(output_dir, "curves.png")}
+    figures.update({name: os.path.join(output_dir, "evaluation", f"{name}.png")
+                    for name in ("confusion_matrix", "errors", "per_class")})
+    add_figures(tracking, figures)
+    write_json(os.path.join(output_dir, "run.json"), run_summary(cfg, outcome, time.perf_counter() - fit_started))
+    write_report(output_dir, f"cars_ray run {cfg.train.run_name}: {cfg.model.backbone}, {cfg.data.image_size} px")
+    return outcome
+
+
+def run_summary(cfg: Config, outcome: TrainOutcome, seconds: float) -> dict:
+    """O/run.json: what pipelines/compare.py lines up across runs."""
+    test = outcome.test_metrics or {}
+    return {"run_name": cfg.train.run_name, "backbone": cfg.model.backbone, "head": cfg.model.head,
+            "image_size": cfg.data.image_size, "epochs_run": int(outcome.history.epoch.max()),
+            "best_epoch": int(outcome.best_metrics["epoch"]), "best_val_top1": float(outcome.best_metrics["val_top1"]),
+            "test_top1": test.get("top1"), "test_top5": test.get("top5"), "test_images": test.get("num_images"),
+            "images_per_second": float(outcome.history.images_per_second.mean()),
+            "wall_seconds": round(seconds, 1)}
+
+
+def note(text: str, progress=None) -> None:
+    """A line for the console: through the progress board when one is drawn, else printed."""
+    if progress is not None:
+        progress.line.remote(text)
+    else:
+        print(text, flush=True)
 
 
 def finish(cfg: Config, output_dir: str, result, class_names: list[str], table: pd.DataFrame,
-           evaluate_test: bool) -> TrainOutcome:
+           evaluate_test: bool, progress=None) -> TrainOutcome:
     latest = result.checkpoint
     if latest is None:
         raise TrainingError("training reported no checkpoint")
@@ -148,13 +167,15 @@ def finish(cfg: Config, output_dir: str, result, class_names: list[str], table: 
     best_dir = os.path.join(output_dir, "best")
     copy_inference_checkpoint(best_checkpoint, best_dir)
     write_csv(os.path.join(output_dir, "metrics.csv"), history)
+    write_figure(os.path.join(output_dir, "curves.png"), training_curves_figure(history, int(best_metrics["epoch"])))
     test_metrics = None
     test_rows = table[table.split == "test"]
     if evaluate_test and len(test_rows):
         started = time.perf_counter()
         test_metrics = evaluate_checkpoint(best_dir, test_rows, class_names, os.path.join(output_dir, "evaluation"),
-                                           tta=cfg.train.eval_tta, title="test")
-        print(f"[cars_ray] evaluated {test_metrics['num_images']} test images in {time.perf_counter() - started:.1f}s")
+                                           EvaluationOptions(tta=cfg.train.eval_tta, title="test", progress=progress))
+        note(f"[cars_ray] evaluated {test_metrics['num_images']} test images in {time.perf_counter() - started:.1f}s",
+             progress)
     return TrainOutcome(output_dir, best_dir, best_metrics, test_metrics, history)
 
 

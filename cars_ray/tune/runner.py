@@ -15,14 +15,16 @@ from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ConfigError, Interrupted
-from cars_ray.evaluate.evaluation import evaluate_checkpoint
+from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import write_csv, write_figure
-from cars_ray.plots import curves_figure
+from cars_ray.plots import curves_figure, training_curves_figure
 from cars_ray.preprocessing import Preprocessing
-from cars_ray.train.runner import copy_inference_checkpoint, ray_data_progress
+from cars_ray.report import write_report
+from cars_ray.train.tracking import TrackingTarget
+from cars_ray.train.runner import copy_inference_checkpoint
 from cars_ray.tune.search import (
     apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
-    trial_driver,
+    trial_driver, trial_name,
 )
 
 EXPERIMENT = "tune"
@@ -41,6 +43,7 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     """Decode once, run the trials (or continue them with ``resume``), write the results; ``data`` is what
     :func:`load_training_table` returned, when the caller checked it already."""
     space = build_search_space(cfg)
+    TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)  # MLflow missing: fail now
     concurrency = check_feasible(apply_trial_resources(Config.from_dict(cfg.to_dict())))
     manifest, table = data or load_training_table(cfg)
     preprocessing = Preprocessing.from_config(cfg)
@@ -48,7 +51,7 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     check_full_batches(cfg, datasets["train"].count(), "the readable training images")
     storage = os.path.abspath(os.path.join(output_dir, "ray_results"))
     shared = {"class_names": manifest.class_names, "preprocessing": preprocessing.to_dict(),
-              "trial_storage": os.path.join(storage, "trials")}
+              "trial_storage": os.path.join(storage, "trials"), "output_dir": output_dir}
     # The trial's driver only waits on its TorchTrainer, whose workers hold the trial's CPUs/GPUs;
     # a driver holding a CPU of its own would deadlock small clusters.
     trainable = tune.with_resources(
@@ -68,8 +71,7 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
                                         max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage),
         )
-    with ray_data_progress(False):
-        results, interrupted = fit_watching_ctrl_c(tuner)
+    results, interrupted = fit_watching_ctrl_c(tuner)
     if interrupted:
         raise Interrupted(f"the search was stopped before its end; its state is saved in {experiment_dir}: "
                           f"continue it with --resume --output-dir {output_dir}")
@@ -100,9 +102,13 @@ def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_
         raise ConfigError("no trial reported a checkpoint; see tune_results.csv for the trials' errors")
     best_dir = os.path.join(output_dir, "best")
     copy_inference_checkpoint(ray.train.Checkpoint(ranked.iloc[0].best_checkpoint), best_dir)
+    best_history = next(r.metrics_dataframe for r in results if trial_name(r) == ranked.iloc[0].trial_id)
+    write_figure(os.path.join(output_dir, "curves.png"),
+                 training_curves_figure(best_history, int(ranked.iloc[0].best_epoch)))
     test_rows = table[table.split == "test"]
     test_metrics = None
     if len(test_rows):
         test_metrics = evaluate_checkpoint(best_dir, test_rows, class_names, os.path.join(output_dir, "evaluation"),
-                                           tta=cfg.train.eval_tta, title="test (best trial)")
+                                           EvaluationOptions(tta=cfg.train.eval_tta, title="test (best trial)"))
+    write_report(output_dir, f"cars_ray search: {len(summary)} trials of {cfg.model.backbone}, {cfg.data.image_size} px")
     return SearchOutcome(summary, best_dir, test_metrics)

@@ -22,6 +22,7 @@ from cars_ray.config import Config
 from cars_ray.errors import ConfigError
 from cars_ray.train.loop import LoopSettings
 from cars_ray.train.runner import build_trainer, train_run_config
+from cars_ray.train.tracking import TrackingTarget
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
 
@@ -110,7 +111,10 @@ def trial_driver(params: dict[str, Any], base: dict, shared: dict, datasets: dic
     """One trial: the same TorchTrainer as train.py on the trial's config, reporting each epoch to Tune."""
     cfg = trial_config(base, params)
     ray.data.DataContext.get_current().enable_progress_bars = False  # per-epoch shard bars x trials = noise
-    settings = LoopSettings(cfg.to_dict(), shared["class_names"], shared["preprocessing"])
+    # TensorBoard: Tune writes every trial's event files itself; MLflow: one run per trial, one experiment per search.
+    tracking = (TrackingTarget.resolve("mlflow", shared["output_dir"], f"{cfg.train.run_name}_search")
+                if cfg.train.tracking == "mlflow" else None)
+    settings = LoopSettings(cfg.to_dict(), shared["class_names"], shared["preprocessing"], tracking=tracking)
     run_config = train_run_config(cfg, f"trial_{tune.get_context().get_trial_id()}", shared["trial_storage"],
                                   callbacks=[TuneReportCallback()])
     build_trainer(cfg, settings, datasets, run_config).fit()

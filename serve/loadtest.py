@@ -1,0 +1,108 @@
+"""Load on the served classifier over HTTP: closed-loop clients, and a replica killed under that load.
+
+Used by ``benchmarks/serve_load.py`` (the recorded figures) and ``tests/test_serve.py`` (the same
+code, shrunk). Each client sends one image at a time and waits for the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import requests
+
+
+def closed_loop(url: str, payload: bytes, clients: int, until: Callable[[], bool],
+                on_answer: Callable[[bool, float], None]) -> None:
+    """``clients`` threads posting ``payload`` to ``url`` until ``until()``; ``on_answer(ok, seconds)`` per request."""
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not until():
+                start = time.perf_counter()
+                try:
+                    ok = session.post(url, data=payload, headers={"content-type": "image/jpeg"}, timeout=60).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                on_answer(ok, time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def run_load(url: str, payload: bytes, clients: int, duration: float) -> dict:
+    """Throughput, p50/p95 latency and errors of ``clients`` closed-loop clients for ``duration`` seconds."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def record(ok: bool, seconds: float) -> None:
+        with lock:
+            if ok:
+                latencies.append(seconds)
+            else:
+                errors[0] += 1
+
+    started = time.perf_counter()
+    closed_loop(url, payload, clients, lambda: time.perf_counter() >= stop_at, record)
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"clients": clients, "requests": len(latencies), "errors": errors[0], "seconds": round(wall, 1),
+            "throughput_rps": round(len(latencies) / wall, 2),
+            "p50_ms": round(float(np.median(ms)), 1) if len(ms) else None,
+            "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None}
+
+
+def classifier_replicas(app: str) -> list:
+    """The live Classifier replica actors of a Serve application."""
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if a.class_name.endswith(f"{app}:Classifier")]
+
+
+def load_with_replica_kill(url: str, payload: bytes, app: str, clients: int, kill_after: float,
+                           after_recovery: float, timeout: float = 120) -> dict:
+    """Closed-loop load; after ``kill_after`` s one Classifier replica's process gets SIGKILL. Counts answers
+    before the kill, failures until the replica count is back (the killed replica gone, as many running as
+    before), and answers for ``after_recovery`` s after that; ``recovered_s`` is None if it never came back."""
+    from ray import serve
+
+    def running() -> int:
+        return serve.status().applications[app].deployments["Classifier"].replica_states.get("RUNNING", 0)
+
+    counts = {"ok_before_kill": 0, "failed_before_kill": 0, "ok_until_recovered": 0, "failed_until_recovered": 0,
+              "ok_after_recovery": 0, "failed_after_recovery": 0}
+    phase, lock, stop = ["before_kill"], threading.Lock(), threading.Event()
+
+    def record(ok: bool, seconds: float) -> None:
+        with lock:
+            counts[f"{'ok' if ok else 'failed'}_{phase[0]}"] += 1
+
+    load = threading.Thread(target=closed_loop, args=(url, payload, clients, stop.is_set, record), daemon=True)
+    load.start()
+    time.sleep(kill_after)
+    before = classifier_replicas(app)
+    victim = before[0]
+    phase[0] = "until_recovered"
+    killed_at = time.perf_counter()
+    os.kill(victim.pid, signal.SIGKILL)
+    recovered_s = None
+    while time.perf_counter() - killed_at < timeout:
+        time.sleep(0.5)
+        alive = {a.actor_id for a in classifier_replicas(app)}
+        if len(alive) == len(before) and victim.actor_id not in alive and running() == len(before):
+            recovered_s = round(time.perf_counter() - killed_at, 1)
+            break
+    phase[0] = "after_recovery"
+    time.sleep(after_recovery)
+    stop.set()
+    load.join(timeout=120)
+    return {**counts, "replicas": len(before), "clients": clients, "recovered_s": recovered_s}
