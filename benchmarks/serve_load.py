@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--num-cpus", default="0.5", help="CPUs per model replica (ONNX Runtime's threads: at least 1)")
     parser.add_argument("--max-batch-size", default="16")
     parser.add_argument("--target-ongoing", default="2", help="autoscaling target_ongoing_requests")
+    parser.add_argument("--access-log", default="true", choices=("true", "false"), help="Serve's line per request")
     parser.add_argument("--cooldown", type=float, default=75)  # look-back window (30 s) + downscale delay
     parser.add_argument("--kill-replica", action="store_true",
                         help="instead: two replicas, --clients[0] clients, one replica killed after 10 s (issue #12)")
@@ -89,7 +90,8 @@ def main() -> None:
         checkpoint = os.path.join(tmp, "ckpt")
         write_checkpoint_for("tf_efficientnet_lite2", "linear", 224, checkpoint)
     payload = sample_jpeg()
-    ray.init(address="local", include_dashboard=False)
+    # replicas' logs stay in Ray's files; --kill-replica finds replicas through the state API (the dashboard)
+    ray.init(address="local", include_dashboard=args.kill_replica, dashboard_host="127.0.0.1", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}/predict"
@@ -113,7 +115,7 @@ def main() -> None:
         serve.run(build({"checkpoint": model, "backend": backend, "batching": str(batching == "on").lower(),
                          "num_cpus": args.num_cpus, "max_batch_size": args.max_batch_size,
                          "min_replicas": "1", "max_replicas": str(args.max_replicas),
-                         "target_ongoing_requests": args.target_ongoing,
+                         "target_ongoing_requests": args.target_ongoing, "access_log": args.access_log,
                          "upscale_delay_s": "2", "downscale_delay_s": "10"}), name="cars", route_prefix="/")
         run_load(url, payload, 1, 5)  # warm-up
         samples: list = []

@@ -180,7 +180,7 @@ def cached_onnx(checkpoint_dir: str) -> str:
 
 
 def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray, batch_size: int = 16) -> None:
-    """Static int8 quantisation (QDQ, per-channel weights, min-max activation ranges over ``calibration``,
+    """Static 8-bit quantisation (QDQ, per-channel weights, min-max activation ranges over ``calibration``,
     uint8 images) with ONNX Runtime's tools; writes ``out_path`` atomically with the fp32 file's metadata."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -198,14 +198,19 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray, batch_
 
     def write(tmp: str) -> None:
         # ONNX Runtime's recommended pre-processing first (shape inference, graph optimisation: batch norms
-        # folded into the convolutions), then only convolutions and matrix products are quantised: the view
-        # in front (cast, scale, normalise) stays fp32.
+        # folded into the convolutions). Then convolutions and matrix products are quantised, except the
+        # first convolution: on the CPU parity checkpoint (Lite0, 196 classes, 788 val images, fp32 54.6%)
+        # keeping it fp32 raised int8's top-1 from 36.5% to 49.1%. Weights are uint8 (u8u8): ONNX Runtime's
+        # u8s8 kernels can saturate on AVX2 CPUs without VNNI (its documentation says so), and u8u8 raised
+        # top-1 further to 53.8%.
+        # The view in front (cast, scale, normalise) stays fp32.
         prepared = f"{tmp}.prepared.onnx"
         try:
             quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+            first_conv = next(n.name for n in onnx.load(prepared).graph.node if n.op_type == "Conv")
             quantize_static(prepared, tmp, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
+                            op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=[first_conv])
         finally:
             if os.path.exists(prepared):
                 os.remove(prepared)
@@ -214,8 +219,8 @@ def quantize_int8(fp32_path: str, out_path: str, calibration: np.ndarray, batch_
         for entry in source.metadata_props:
             proto.metadata_props.add(key=entry.key, value=entry.value)
         proto.metadata_props.add(key="quantization", value=json.dumps(
-            {"format": "QDQ int8", "calibration_images": int(len(calibration)), "weights": "per-channel int8",
-             "activations": "uint8, min-max"}))
+            {"format": "QDQ", "calibration_images": int(len(calibration)), "weights": "per-channel uint8",
+             "activations": "uint8, min-max", "kept_fp32": "the evaluation view and the first convolution"}))
         onnx.save(proto, tmp)
 
     write_atomic(out_path, write)

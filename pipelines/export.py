@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX (class names and preprocessing embedded) and verify it against PyTorch.
 
     python pipelines/export.py --checkpoint C --format onnx --out model.onnx [--tolerance 1e-3] [--overwrite]
-    python pipelines/export.py --checkpoint C --out model.int8.onnx --int8 --calibration-dir DIR
+    python pipelines/export.py --checkpoint C --out model.int8.onnx --int8 [--calibration-dir DIR]
         [--calibration-images 300] [--root-dir R --split-file S [--check-split val]] [--max-drop 1.0]
 
 The graph takes uint8 images (batch, resize, resize, 3) and holds the evaluation view in front of
@@ -12,8 +12,8 @@ difference is at most --tolerance and every top-1 agrees. An existing --out file
 with --overwrite.
 
 With --int8 the checked fp32 graph is then quantised statically (QDQ: per-channel int8 weights,
-uint8 activations whose ranges come from --calibration-images images of --calibration-dir, e.g. a
-few hundred training images) with ONNX Runtime's tools. fp32 and int8 are compared on labelled
+uint8 activations whose ranges come from --calibration-images images of --calibration-dir, or, when
+it is not given, of the train rows of --root-dir/--split-file) with ONNX Runtime's tools. fp32 and int8 are compared on labelled
 images when --root-dir and --split-file are given (the --check-split rows, val by default: never
 test rows, which are kept for the final figure): top-1 agreement and each one's top-1. Without
 labels the comparison is on the --images/demo images and the loss counted is the share of changed
@@ -61,10 +61,10 @@ def main(argv=None) -> int:
     check_number(args.num_images, "--num-images", minimum=1)
     check_number(args.calibration_images, "--calibration-images", minimum=1)
     check_number(args.max_drop, "--max-drop")
-    if args.int8 and not args.calibration_dir:
-        parser.error("--int8 needs --calibration-dir (a folder of images, e.g. a few hundred training images)")
     if bool(args.root_dir) != bool(args.split_file):
         parser.error("--root-dir and --split-file go together (the labelled rows to compare fp32 and int8 on)")
+    if args.int8 and not (args.calibration_dir or args.root_dir):
+        parser.error("--int8 needs --calibration-dir (a folder of images) or --root-dir/--split-file (their train rows)")
 
     preprocessing = preprocessing_of(read_meta(args.checkpoint), args.checkpoint)
     inputs = [args.checkpoint, *(args.images or []), args.calibration_dir, args.root_dir, args.split_file]
@@ -94,9 +94,12 @@ def main(argv=None) -> int:
 
 def quantize_checked(args, preprocessing: Preprocessing, fp32: str, int8: str, demo_images: np.ndarray) -> bool:
     """Quantise ``fp32`` into ``int8`` and compare them; False (after saying why) when int8 loses too much."""
-    paths = expand_inputs([args.calibration_dir])
-    chosen = np.linspace(0, len(paths) - 1, min(args.calibration_images, len(paths))).round().astype(int)
-    calibration = np.stack([preprocessing.decode(paths[i]) for i in sorted(set(chosen))])
+    if args.calibration_dir:
+        paths = expand_inputs([args.calibration_dir])
+        chosen = sorted(set(np.linspace(0, len(paths) - 1, min(args.calibration_images, len(paths))).round().astype(int)))
+        calibration = np.stack([preprocessing.decode(paths[i]) for i in chosen])
+    else:
+        calibration, _ = labelled_images(args.root_dir, args.split_file, "train", preprocessing, args.calibration_images)
     quantize_int8(fp32, int8, calibration)
     images, labels, where = demo_images, None, "the check images (no labels: counting changed answers)"
     if args.root_dir:
@@ -113,12 +116,16 @@ def quantize_checked(args, preprocessing: Preprocessing, fp32: str, int8: str, d
     return True
 
 
-def labelled_images(root_dir: str, split_file: str, split: str, preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+def labelled_images(root_dir: str, split_file: str, split: str, preprocessing: Preprocessing,
+                    at_most: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded images and class indices of one split's rows (``at_most``: that many, spread evenly)."""
     manifest = read_dataset(root_dir, "auto")
     table = apply_split(manifest, read_split_file(split_file), split_file)
     rows = table[table.split == split]
     if rows.empty:
         raise DataError(f"split file {split_file} has no {split!r} rows of {root_dir}")
+    if at_most and len(rows) > at_most:
+        rows = rows.iloc[np.linspace(0, len(rows) - 1, at_most).round().astype(int)]
     decoded = decode_batch(rows.assign(row_id=np.arange(len(rows))), preprocessing)  # crops to boxes as training did
     return decoded["image"], decoded["label"]
 

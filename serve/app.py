@@ -201,6 +201,10 @@ def replica_resources(args: dict[str, str], path: str, backend: str, has_gpu: bo
     return {"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": float(args.get("num_gpus", default_gpus))}
 
 
+def logging_config(args: dict[str, str]) -> dict[str, Any]:
+    return {"enable_access_log": str(args.get("access_log", "true")).lower() == "true"}
+
+
 def build(args: dict[str, str]) -> serve.Application:
     """Application builder for ``serve run serve.app:build checkpoint=PATH [key=value ...]``.
 
@@ -208,7 +212,9 @@ def build(args: dict[str, str]) -> serve.Application:
     onnx-int8; auto runs PyTorch on a GPU replica and ONNX Runtime on a CPU one), batching (true/false),
     max_batch_size, batch_wait_timeout_s, max_body_bytes, max_pixels, min_replicas, max_replicas,
     target_ongoing_requests, num_cpus (per replica; also ONNX Runtime's thread count), num_gpus (per
-    replica; default 0.25 when the cluster has GPUs and the replica runs PyTorch, else 0). Replica
+    replica; default 0.25 when the cluster has GPUs and the replica runs PyTorch, else 0),
+    health_check_period_s (how soon a dead replica is noticed and replaced; Serve's 10 s), access_log
+    (true/false: Serve's line per request, which costs CPU at high request rates). Replica
     settings in a serve config's ``deployments:`` override these.
     """
     import ray
@@ -233,7 +239,9 @@ def build(args: dict[str, str]) -> serve.Application:
             "downscale_delay_s": float(args.get("downscale_delay_s", 15)),
         },
         ray_actor_options=replica_resources(args, path, backend, has_gpu),
+        health_check_period_s=float(args.get("health_check_period_s", 10)),
+        logging_config=logging_config(args),
     ).bind(path, str(args.get("batching", "true")).lower() == "true", int(args.get("max_batch_size", 16)),
            float(args.get("batch_wait_timeout_s", 0.01)), backend)
-    return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}).bind(
+    return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}, logging_config=logging_config(args)).bind(
         classifier, int(args.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)), int(args.get("max_pixels", DEFAULT_MAX_PIXELS)))
