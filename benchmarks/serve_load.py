@@ -27,7 +27,7 @@ import time
 from _common import write_checkpoint_for
 from PIL import Image
 
-from serve.loadtest import load_with_replica_kill, run_load
+from serve.loadtest import load_with_replica_kill, run_load, running_replicas
 
 
 def free_port() -> int:
@@ -49,13 +49,9 @@ def sample_jpeg() -> bytes:
 
 
 def replica_sampler(stop: threading.Event, samples: list, t0: float) -> None:
-    from ray import serve
-
     while not stop.is_set():
         try:
-            status = serve.status().applications["cars"].deployments["Classifier"]
-            running = sum(n for state, n in status.replica_states.items() if str(state).endswith("RUNNING"))
-            samples.append((round(time.perf_counter() - t0, 1), running))
+            samples.append((round(time.perf_counter() - t0, 1), running_replicas("cars")))
         except Exception:  # the app may be between deployments
             pass
         stop.wait(1.0)

@@ -114,6 +114,7 @@ class ParityReport:
     max_abs_logit_diff: float
     top1_agreement: float
     num_images: int
+    onnx_bytes: int = 0
 
     def holds(self, tolerance: float) -> bool:
         return self.max_abs_logit_diff <= tolerance and self.top1_agreement == 1.0
@@ -156,26 +157,36 @@ def onnx_cache_dir(checkpoint_dir: str) -> str:
     return os.path.join(os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cars_ray"), "onnx")
 
 
+def export_checked(checkpoint_dir: str, out_path: str, images: np.ndarray,
+                   tolerance: float = PARITY_TOLERANCE) -> ParityReport:
+    """Export next to a temporary name, compare with PyTorch on ``images``, and give the file ``out_path``
+    only when the check holds (else nothing is left behind). The report carries the export's size."""
+    candidate = f"{out_path}.unchecked-{os.getpid()}.onnx"
+    try:
+        export_onnx(checkpoint_dir, candidate)
+        report = check_parity(checkpoint_dir, candidate, images)
+        report.onnx_bytes = os.path.getsize(candidate)
+        if report.holds(tolerance):
+            os.replace(candidate, out_path)
+    finally:
+        if os.path.exists(candidate):
+            os.remove(candidate)
+    return report
+
+
 def cached_onnx(checkpoint_dir: str) -> str:
-    """The checkpoint's fp32 ONNX export, made on first use: exported next to a temporary name, checked
-    against PyTorch on the demo sample (the check of ``pipelines/export.py``) and only then given its
-    cached name, ``<digest>.onnx``. Raises CheckpointError when the check fails."""
+    """The checkpoint's fp32 ONNX export, made on first use and given its cached name, ``<digest>.onnx``,
+    only after the check of ``pipelines/export.py`` held on the demo sample. Raises CheckpointError when not."""
     path = os.path.join(onnx_cache_dir(checkpoint_dir), f"{checkpoint_digest(checkpoint_dir)}.onnx")
     if os.path.isfile(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    candidate = f"{path}.unchecked-{os.getpid()}.onnx"
-    try:
-        export_onnx(checkpoint_dir, candidate)
-        report = check_parity(checkpoint_dir, candidate, parity_images(preprocessing_of(read_meta(checkpoint_dir), checkpoint_dir)))
-        if not report.holds(PARITY_TOLERANCE):
-            raise CheckpointError(f"the ONNX export of {checkpoint_dir} does not match PyTorch (max |logit difference| "
-                                  f"{report.max_abs_logit_diff:.2e}, top-1 agreement {report.top1_agreement:.3f}); "
-                                  "serve it with backend=torch")
-        os.replace(candidate, path)
-    finally:
-        if os.path.exists(candidate):
-            os.remove(candidate)
+    images = parity_images(preprocessing_of(read_meta(checkpoint_dir), checkpoint_dir))
+    report = export_checked(checkpoint_dir, path, images)
+    if not report.holds(PARITY_TOLERANCE):
+        raise CheckpointError(f"the ONNX export of {checkpoint_dir} does not match PyTorch (max |logit difference| "
+                              f"{report.max_abs_logit_diff:.2e}, top-1 agreement {report.top1_agreement:.3f}); "
+                              "serve it with backend=torch")
     return path
 
 

@@ -35,7 +35,7 @@ from cars_ray.data.loading import decode_batch
 from cars_ray.data.split import SPLITS, apply_split, read_split_file
 from cars_ray.errors import DataError
 from cars_ray.evaluate.batch_predict import expand_inputs
-from cars_ray.export import check_parity, compare_int8, export_onnx, parity_images, quantize_int8
+from cars_ray.export import PARITY_TOLERANCE, compare_int8, export_checked, parity_images, quantize_int8
 from cars_ray.outputs import check_earlier_output, check_output_path
 from cars_ray.preprocessing import Preprocessing
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--format", default="onnx", choices=("onnx",))
     parser.add_argument("--out", required=True)
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="max absolute logit difference (fp32)")
+    parser.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max absolute logit difference (fp32)")
     parser.add_argument("--images", nargs="*", default=None, help="images for the check (default: the demo sample)")
     parser.add_argument("--num-images", type=int, default=16)
     parser.add_argument("--int8", action="store_true", help="quantise to int8 (static, QDQ) after the fp32 check")
@@ -74,9 +74,8 @@ def main(argv=None) -> int:
     images = parity_images(preprocessing, args.images, args.num_images)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(out), prefix=".export-") as work:
         fp32 = os.path.join(work, "fp32.onnx")  # becomes --out (or its int8 form) only once every check holds
-        export_onnx(args.checkpoint, fp32)
-        report = check_parity(args.checkpoint, fp32, images)
-        print(f"exported {os.path.getsize(fp32) / 1e6:.1f} MB of fp32 ONNX; on {report.num_images} images: "
+        report = export_checked(args.checkpoint, fp32, images, args.tolerance)
+        print(f"exported {report.onnx_bytes / 1e6:.1f} MB of fp32 ONNX; on {report.num_images} images: "
               f"max |logit difference| {report.max_abs_logit_diff:.2e} (limit {args.tolerance:g}), "
               f"top-1 agreement {report.top1_agreement:.3f}")
         if not report.holds(args.tolerance):

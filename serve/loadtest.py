@@ -68,16 +68,18 @@ def classifier_replicas(app: str) -> list:
     return [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if a.class_name.endswith(f"{app}:Classifier")]
 
 
+def running_replicas(app: str) -> int:
+    """How many Classifier replicas of a Serve application are RUNNING, by Serve's own status."""
+    from ray import serve
+
+    return serve.status().applications[app].deployments["Classifier"].replica_states.get("RUNNING", 0)
+
+
 def load_with_replica_kill(url: str, payload: bytes, app: str, clients: int, kill_after: float,
                            after_recovery: float, timeout: float = 120) -> dict:
     """Closed-loop load; after ``kill_after`` s one Classifier replica's process gets SIGKILL. Counts answers
     before the kill, failures until the replica count is back (the killed replica gone, as many running as
     before), and answers for ``after_recovery`` s after that; ``recovered_s`` is None if it never came back."""
-    from ray import serve
-
-    def running() -> int:
-        return serve.status().applications[app].deployments["Classifier"].replica_states.get("RUNNING", 0)
-
     counts = {"ok_before_kill": 0, "failed_before_kill": 0, "ok_until_recovered": 0, "failed_until_recovered": 0,
               "ok_after_recovery": 0, "failed_after_recovery": 0}
     phase, lock, stop = ["before_kill"], threading.Lock(), threading.Event()
@@ -98,7 +100,7 @@ def load_with_replica_kill(url: str, payload: bytes, app: str, clients: int, kil
     while time.perf_counter() - killed_at < timeout:
         time.sleep(0.5)
         alive = {a.actor_id for a in classifier_replicas(app)}
-        if len(alive) == len(before) and victim.actor_id not in alive and running() == len(before):
+        if len(alive) == len(before) and victim.actor_id not in alive and running_replicas(app) == len(before):
             recovered_s = round(time.perf_counter() - killed_at, 1)
             break
     phase[0] = "after_recovery"
