@@ -1,11 +1,14 @@
-"""Batch-1 CPU latency: PyTorch eager against ONNX Runtime, same model and weights.
+"""The model alone on CPU: PyTorch eager against ONNX Runtime (and an int8 export), same weights.
 
     python benchmarks/onnx_vs_eager.py [--backbone tf_efficientnet_lite2] [--head linear] [--size 224]
-                                       [--iterations 100]
+                                       [--iterations 100] [--batch 1] [--threads N] [--int8 model.int8.onnx]
 
-Builds a checkpoint from the offline ImageNet backbone with a fresh 196-class head (latency does
-not depend on training), exports it with cars_ray.export, and times single-image inference of both
-after a warm-up. Prints one JSON line (median and p95 milliseconds, speed-up).
+Builds a checkpoint from the offline ImageNet backbone with a fresh 196-class head (speed does not
+depend on training), exports it with cars_ray.export, and times inference of a batch of --batch
+images after a warm-up, with --threads threads for PyTorch and ONNX Runtime (default: every core).
+--int8 also times an int8 file made by `pipelines/export.py --int8` (of any checkpoint of the same
+backbone and size). Prints one JSON line: median and p95 milliseconds per batch, images/s, speed-up.
+This is the ceiling a Serve replica cannot pass (benchmarks/serve_load.py measures the served rate).
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ def main() -> None:
     parser.add_argument("--head", default="linear")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="PyTorch and ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--int8", default=None, help="an int8 .onnx file of the same backbone and size, timed too")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from cars_ray.checkpoint import load_model, preprocessing_of
     from cars_ray.export import OnnxClassifier, ViewedClassifier, export_onnx
@@ -50,22 +58,25 @@ def main() -> None:
         export_onnx(checkpoint, onnx_path)
         model, meta = load_model(checkpoint)
         viewed = ViewedClassifier(model, preprocessing_of(meta)).eval()
-        image = np.random.default_rng(0).integers(0, 255, (1, args.size, args.size, 3), dtype=np.uint8)
+        image = np.random.default_rng(0).integers(0, 255, (args.batch, args.size, args.size, 3), dtype=np.uint8)
         tensor = torch.from_numpy(image)
 
         def eager():
             with torch.inference_mode():
                 viewed(tensor)
 
-        onnx_model = OnnxClassifier(onnx_path)
-        torch_ms = timed(eager, args.iterations)
-        onnx_ms = timed(lambda: onnx_model.logits(image), args.iterations)
-    print(json.dumps({
-        "backbone": args.backbone, "head": args.head, "size": args.size, "torch_threads": torch.get_num_threads(),
-        "eager_ms_p50": round(float(np.median(torch_ms)), 2), "eager_ms_p95": round(float(np.percentile(torch_ms, 95)), 2),
-        "onnx_ms_p50": round(float(np.median(onnx_ms)), 2), "onnx_ms_p95": round(float(np.percentile(onnx_ms, 95)), 2),
-        "speedup_p50": round(float(np.median(torch_ms) / np.median(onnx_ms)), 2),
-    }))
+        onnx_model = OnnxClassifier(onnx_path, args.threads)
+        times = {"eager": timed(eager, args.iterations), "onnx": timed(lambda: onnx_model.logits(image), args.iterations)}
+        if args.int8:
+            int8_model = OnnxClassifier(args.int8, args.threads)
+            times["int8"] = timed(lambda: int8_model.logits(image), args.iterations)
+    result = {"backbone": args.backbone, "head": args.head, "size": args.size, "batch": args.batch,
+              "threads": torch.get_num_threads()}
+    for name, ms in times.items():
+        result.update({f"{name}_ms_p50": round(float(np.median(ms)), 2), f"{name}_ms_p95": round(float(np.percentile(ms, 95)), 2),
+                       f"{name}_images_per_s": round(args.batch * 1000 / float(np.median(ms)), 1)})
+    result["speedup_p50"] = round(float(np.median(times["eager"]) / np.median(times["onnx"])), 2)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, TextIO
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 LOGGER = logging.getLogger("cars_ray")
 POLL_S = 1.0
@@ -119,7 +120,10 @@ def progress_console(console: ConsoleProgress | None = None) -> Iterator[Progres
     The job itself stays in the calling thread, so Ctrl-C and Ray's own signal handling behave as
     without us; leaving the block draws what is left and removes the board.
     """
-    board = ProgressBoard.remote()
+    # On the driver's node: the board is the console's, and must not die with a worker node (a lost
+    # node is something a run survives; the board dying with it would stop the driver).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    board = ProgressBoard.options(scheduling_strategy=here).remote()
     console = console or ConsoleProgress()
     stop = threading.Event()
 

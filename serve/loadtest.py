@@ -75,11 +75,11 @@ def running_replicas(app: str) -> int:
     return serve.status().applications[app].deployments["Classifier"].replica_states.get("RUNNING", 0)
 
 
-def load_with_replica_kill(url: str, payload: bytes, app: str, clients: int, kill_after: float,
-                           after_recovery: float, timeout: float = 120) -> dict:
-    """Closed-loop load; after ``kill_after`` s one Classifier replica's process gets SIGKILL. Counts answers
-    before the kill, failures until the replica count is back (the killed replica gone, as many running as
-    before), and answers for ``after_recovery`` s after that; ``recovered_s`` is None if it never came back."""
+def load_with_failure(url: str, payload: bytes, clients: int, kill_after: float, after_recovery: float,
+                      fail: Callable[[], Callable[[], bool]], timeout: float = 120) -> dict:
+    """Closed-loop load; after ``kill_after`` s ``fail()`` breaks something and returns a ``recovered()`` check.
+    Counts answers before the failure, failures until ``recovered()`` holds, and answers for ``after_recovery``
+    s after that; ``recovered_s`` is None if it never recovered within ``timeout``."""
     counts = {"ok_before_kill": 0, "failed_before_kill": 0, "ok_until_recovered": 0, "failed_until_recovered": 0,
               "ok_after_recovery": 0, "failed_after_recovery": 0}
     phase, lock, stop = ["before_kill"], threading.Lock(), threading.Event()
@@ -91,20 +91,37 @@ def load_with_replica_kill(url: str, payload: bytes, app: str, clients: int, kil
     load = threading.Thread(target=closed_loop, args=(url, payload, clients, stop.is_set, record), daemon=True)
     load.start()
     time.sleep(kill_after)
-    before = classifier_replicas(app)
-    victim = before[0]
     phase[0] = "until_recovered"
     killed_at = time.perf_counter()
-    os.kill(victim.pid, signal.SIGKILL)
+    recovered = fail()
     recovered_s = None
     while time.perf_counter() - killed_at < timeout:
         time.sleep(0.5)
-        alive = {a.actor_id for a in classifier_replicas(app)}
-        if len(alive) == len(before) and victim.actor_id not in alive and running_replicas(app) == len(before):
+        if recovered():
             recovered_s = round(time.perf_counter() - killed_at, 1)
             break
     phase[0] = "after_recovery"
     time.sleep(after_recovery)
     stop.set()
     load.join(timeout=120)
-    return {**counts, "replicas": len(before), "clients": clients, "recovered_s": recovered_s}
+    return {**counts, "clients": clients, "recovered_s": recovered_s}
+
+
+def load_with_replica_kill(url: str, payload: bytes, app: str, clients: int, kill_after: float,
+                           after_recovery: float, timeout: float = 120) -> dict:
+    """``load_with_failure`` where one Classifier replica's process gets SIGKILL; recovered when the killed
+    replica is gone and as many replicas as before are RUNNING."""
+    before = []
+
+    def kill_one_replica() -> Callable[[], bool]:
+        before.extend(classifier_replicas(app))
+        victim = before[0]
+        os.kill(victim.pid, signal.SIGKILL)
+
+        def recovered() -> bool:
+            alive = {a.actor_id for a in classifier_replicas(app)}
+            return len(alive) == len(before) and victim.actor_id not in alive and running_replicas(app) == len(before)
+        return recovered
+
+    outcome = load_with_failure(url, payload, clients, kill_after, after_recovery, kill_one_replica, timeout)
+    return {**outcome, "replicas": len(before)}

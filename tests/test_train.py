@@ -1,9 +1,10 @@
-"""Training on Ray Train with a tiny model on generated data: learning, workers, faults, resume, errors."""
+"""Training on Ray Train with a tiny model on generated data: learning, workers, faults, resume, errors.
+
+A node (not a worker process) lost mid-run, and resuming from a fresh driver: tests/test_multinode.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,49 +75,6 @@ def test_two_workers_match_one(baseline_run, train_root, tmp_path):
     assert two.train_images == one.train_images
     assert abs(two.val_loss - one.val_loss) < 0.35
     assert abs(two.val_top1 - one.val_top1) <= 0.25
-
-
-def crash_once_after_first_report(loop_config: dict) -> None:
-    """Kill this worker process in epoch 2, once (after epoch 1's checkpoint was taken in); note what the
-    restart resumed from."""
-    import cars_ray.train.loop as loop
-
-    marker = loop_config["crash_marker"]
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            with open(marker + ".resumed", "w") as handle:
-                handle.write(open(os.path.join(directory, "meta.json")).read())
-    original = loop.report
-    calls = []
-
-    def die_at_second_report(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2 and not os.path.exists(marker):
-            time.sleep(3)  # the controller registers reports asynchronously; let it take in epoch 1's
-            open(marker, "w").close()
-            os._exit(1)  # a real worker death, not a Python exception
-        original(*args, **kwargs)
-
-    loop.report = die_at_second_report
-    train_loop_per_worker(loop_config)
-
-
-def test_killed_worker_is_restored_from_checkpoint(ray_local, train_root, tmp_path):
-    import json
-
-    cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=1", "train.checkpoint_every=1")
-    marker = str(tmp_path / "crashed")
-
-    def with_marker(loop_config):
-        crash_once_after_first_report({**loop_config, "crash_marker": marker})
-
-    outcome = fit(cfg, str(tmp_path), evaluate_test=False, train_fn=with_marker)
-    assert os.path.exists(marker), "the worker did die"
-    resumed = json.loads(open(marker + ".resumed").read())
-    assert resumed["epoch"] == 1
-    assert list(outcome.history.epoch) == [1, 2, 3]
-    assert list(outcome.history.resumes) == [0, 1, 1]
 
 
 class StopAfterFirstEpoch(Exception):

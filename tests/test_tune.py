@@ -1,25 +1,21 @@
-"""Ray Tune search on generated data with a tiny model: results, ASHA, best choice, resume, errors."""
+"""Ray Tune search on generated data with a tiny model: results, ASHA, best choice, errors.
+
+A search interrupted with Ctrl-C and resumed after the head restarted: tests/test_multinode.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from cars_ray.config import load_config
 from cars_ray.errors import ConfigError
-from helpers.data import REPO, write_class_folders
+from helpers.data import write_class_folders
 
 pytestmark = pytest.mark.slow
 GRID = "{optim.lr: {grid: [0.01, 0.02, 0.005, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
-PAIR = "{optim.lr: {grid: [0.01, 0.02]}}"  # the resume test: one trial finished, one interrupted
 
 
 @pytest.fixture(scope="module")
@@ -74,43 +70,3 @@ def test_errors_fail_early(ray_local, tune_root, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         run_search(cfg, str(tmp_path))
     assert time.time() - started < 30
-
-
-def trial_progress(output: Path) -> dict[str, str]:
-    return {p.parent.name.split("_")[3]: p.read_text()
-            for p in (output / "ray_results" / "tune").glob("*/progress.csv")}
-
-
-def finished_trials(output: Path, epochs: int = 1) -> set[str]:
-    """Trials that reported all their epochs (the search below uses the FIFO scheduler)."""
-    return {trial for trial, progress in trial_progress(output).items()
-            if len(progress.strip().splitlines()) - 1 >= epochs}
-
-
-def test_interrupted_search_resumes_without_rerunning_finished_trials(tune_root, ray_address, tmp_path):
-    out = tmp_path / "search"
-    command = [sys.executable, str(REPO / "pipelines" / "tune.py"), "--config", "configs/tune_demo.yaml",
-               "--output-dir", str(out), "--address", ray_address, *tune_overrides(tune_root, "tune.scheduler=fifo", f"tune.search_space={PAIR}", "train.epochs=1")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    stderr = tmp_path / "stderr.txt"
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr.open("w"),
-                               start_new_session=True)
-    deadline = time.time() + 300
-    while not finished_trials(out) and time.time() < deadline and process.poll() is None:
-        time.sleep(1)
-    assert finished_trials(out), "a trial finished before the interruption"
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
-    assert process.wait(timeout=120) == 130, stderr.read_text()[-3000:]
-    assert stderr.read_text().strip().splitlines()[-1].startswith("interrupted: the search was stopped before its end")
-    assert not (out / "tune_results.csv").exists(), "an interrupted search is not reported as finished"
-    before = {k: v for k, v in trial_progress(out).items() if k in finished_trials(out)}
-    assert len(finished_trials(out)) < 2, "the search was interrupted before its end"
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = trial_progress(out)
-    for trial, progress in before.items():
-        assert after[trial] == progress, f"finished trial {trial} was not run again"
-    table = pd.read_csv(out / "tune_results.csv")
-    assert len(table) == 2 and (table.epochs_run == 1).all()

@@ -2,12 +2,14 @@
 
 The output reads back as the ``folder`` layout: ``<out>/<class folder>/<file>``, plus
 ``names.csv`` (class ids kept) and ``crops.csv`` (a ``csv``-layout manifest that keeps each
-image's original split). Writes are atomic, re-runs skip finished files, and every item that
-is not written is listed with its reason.
+image's original split). The crops are made on any node's CPUs and written by the driver, so the
+output folder only has to exist where the command runs. Writes are atomic, re-runs skip finished
+files, and every item that is not written is listed with its reason.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from cars_ray.data.images import clamp_box, open_rgb
 from cars_ray.data.manifest import Manifest, folder_name
 from cars_ray.errors import DataError, ImageError
 from cars_ray.outputs import write_atomic, write_csv
+from cars_ray.storage import check_shared_input
 
 JPEG_QUALITY = 95
 CROP_OUTPUTS = ("crop_report.json", "crops.csv")  # what marks a folder as an earlier crop's output
@@ -44,35 +47,47 @@ def plan_outputs(manifest: Manifest, output_dir: str) -> pd.DataFrame:
     return table
 
 
-def crop_one(row: dict, margin: float, overwrite: bool) -> tuple[str, str]:
-    """Crop one image; returns (status, reason) with status written, exists or skipped."""
-    out_path = row["out_path"]
-    if not overwrite and os.path.exists(out_path):
-        return "exists", ""
+def crop_one(row: dict, margin: float) -> tuple[str, str, bytes]:
+    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``."""
     try:
         image = open_rgb(row["path"])
         if not np.isnan(row["x1"]):
             box = (row["x1"], row["y1"], row["x2"], row["y2"])
             image = image.crop(clamp_box(box, image.width, image.height, margin))
     except ImageError as err:
-        return "skipped", str(err)
-    try:  # atomic: a crash never leaves a partial crop behind
-        write_atomic(out_path, lambda tmp: image.save(tmp, format="JPEG", quality=JPEG_QUALITY))
+        return "skipped", str(err), b""
+    encoded = io.BytesIO()
+    image.save(encoded, format="JPEG", quality=JPEG_QUALITY)
+    return "cropped", "", encoded.getvalue()
+
+
+def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
+    results = [crop_one(row, margin) for row in batch.to_dict("records")]
+    return pd.DataFrame({
+        "row_id": batch["row_id"].to_numpy(),
+        "status": [status for status, _, _ in results], "reason": [reason for _, reason, _ in results],
+        "jpeg": [encoded for _, _, encoded in results],
+    })
+
+
+def save_crop(path: str, encoded: bytes) -> tuple[str, str]:
+    """Write one crop atomically (a crash never leaves a partial file): (status, reason)."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(encoded)
+    try:
+        write_atomic(path, dump)
     except OSError as err:
         return "skipped", f"write failed: {err}"
     return "written", ""
 
 
-def crop_batch(batch: pd.DataFrame, margin: float, overwrite: bool) -> pd.DataFrame:
-    results = [crop_one(row, margin, overwrite) for row in batch.to_dict("records")]
-    return pd.DataFrame({
-        "row_id": batch["row_id"].to_numpy(), "out_rel": batch["out_rel"].to_numpy(),
-        "status": [status for status, _ in results], "reason": [reason for _, reason in results],
-    })
-
-
 def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overwrite: bool = False) -> dict:
-    """Crop all images of ``manifest`` into ``output_dir`` with Ray Data; returns the report."""
+    """Crop all images of ``manifest`` into ``output_dir`` with Ray Data; returns the report.
+
+    The crops are made wherever the cluster has CPUs, but written by this process (the driver):
+    ``output_dir`` need not exist on the other nodes, and finished files are found here, once.
+    """
     if not margin >= 0 or margin == float("inf"):
         raise ValueError(f"margin must be finite and >= 0, got {margin}")
     os.makedirs(output_dir, exist_ok=True)
@@ -81,19 +96,23 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
     clash = next((p for p in tasks.out_path if os.path.realpath(p) in sources), None)
     if clash:
         raise DataError(f"cropping into {output_dir} would overwrite the source image {clash}; choose another output folder")
-    columns = ["row_id", "path", "x1", "y1", "x2", "y2", "out_rel", "out_path"]
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    rows_per_block = int(np.clip(np.ceil(len(tasks) / (BLOCKS_PER_CPU * cpus)), 16, 512))
-    if len(tasks):
-        results = (
-            dataset_from_frame(tasks[columns], rows_per_block)
-            .map_batches(crop_batch, batch_format="pandas", batch_size=None,
-                         fn_kwargs={"margin": margin, "overwrite": overwrite})
-            .to_pandas()
-        )
-    else:
-        results = pd.DataFrame(columns=["row_id", "out_rel", "status", "reason"])
-    results = tasks[["row_id", "path", "class_index", "orig_split"]].merge(results, on="row_id", how="left")
+    present = np.zeros(len(tasks), dtype=bool) if overwrite else tasks.out_path.map(os.path.exists).to_numpy(bool)
+    outcomes = [pd.DataFrame({"row_id": tasks.row_id[present], "status": "exists", "reason": ""})]
+    todo = tasks[~present]
+    if len(todo):
+        check_shared_input(todo.path.iloc[0], "the image")  # Ray Data tasks read the sources on any node
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        rows_per_block = int(np.clip(np.ceil(len(todo) / (BLOCKS_PER_CPU * cpus)), 16, 512))
+        out_paths = dict(zip(todo.row_id, todo.out_path))
+        crops = dataset_from_frame(todo[["row_id", "path", "x1", "y1", "x2", "y2"]], rows_per_block).map_batches(
+            crop_batch, batch_format="pandas", batch_size=None, fn_kwargs={"margin": margin})
+        for batch in crops.iter_batches(batch_format="pandas", batch_size=None):
+            saved = [save_crop(out_paths[row_id], encoded) if status == "cropped" else (status, reason)
+                     for row_id, status, reason, encoded in zip(batch.row_id, batch.status, batch.reason, batch.jpeg)]
+            outcomes.append(pd.DataFrame({"row_id": batch.row_id.to_numpy(), "status": [s for s, _ in saved],
+                                          "reason": [r for _, r in saved]}))
+    results = tasks[["row_id", "path", "out_rel", "class_index", "orig_split"]].merge(
+        pd.concat(outcomes, ignore_index=True), on="row_id", how="left")
     write_index_files(manifest, results, output_dir)
     return crop_report(manifest, results, output_dir, margin)
 

@@ -14,6 +14,7 @@ from cars_ray.data.layouts import IMAGE_SUFFIXES
 from cars_ray.errors import DataError, ImageError
 from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.preprocessing import Preprocessing
+from cars_ray.storage import check_shared_input
 
 ROWS_PER_BLOCK = 64
 
@@ -55,6 +56,8 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
     topk = min(5, len(class_names)) if topk is None else topk
     if not 1 <= topk <= len(class_names):
         raise DataError(f"--topk must be from 1 to {len(class_names)}, got {topk}")
+    if paths:
+        check_shared_input(paths[0], "the input")
     decoded = dataset_from_frame(pd.DataFrame({"path": paths}), ROWS_PER_BLOCK).map_batches(
         decode_for_prediction, batch_format="pandas", batch_size=32, fn_kwargs={"preprocessing": preprocessing})
     rows = []

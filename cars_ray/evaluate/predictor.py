@@ -15,8 +15,9 @@ import numpy as np
 import ray
 import torch
 
-from cars_ray.checkpoint import inference_settings, load_model, preprocessing_of, read_meta
+from cars_ray.checkpoint import MODEL_FILE, inference_settings, load_model, preprocessing_of, read_meta
 from cars_ray.preprocessing import Preprocessing
+from cars_ray.storage import check_shared_input
 
 
 class TorchBackend:
@@ -163,6 +164,8 @@ def scored_batches(dataset: ray.data.Dataset, model_path: str, num_rows: int, tt
             yield predictor(batch)
         return
     actors = max(1, gpus if gpus else min(2, int(resources.get("CPU", 1))))
+    model_file = model_path if str(model_path).endswith(".onnx") else os.path.join(model_path, MODEL_FILE)
+    check_shared_input(model_file, "the checkpoint file")  # the actors may load it on any node
     scored = dataset.map_batches(
         BatchPredictor, fn_constructor_kwargs={"model_path": model_path, "tta": tta},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -24,6 +23,7 @@ from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
 from cars_ray.plots import training_curves_figure
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
+from cars_ray.storage import check_shared_input, check_shared_output, remove_storage, storage_exists, storage_join, storage_uri
 from cars_ray.train.loop import LoopSettings, train_loop_per_worker
 from cars_ray.train.run import STOP_NON_FINITE
 from cars_ray.train.tracking import TrackingTarget, add_figures
@@ -82,17 +82,29 @@ def build_trainer(cfg: Config, settings: LoopSettings, datasets: dict, run_confi
 
 
 def storage_dir(cfg: Config, output_dir: str) -> str:
-    return os.path.abspath(cfg.train.storage_path or os.path.join(output_dir, "ray_results"))
+    """Ray Train's storage: train.storage_path (a folder or a URI such as s3://...), else <output_dir>/ray_results."""
+    return storage_uri(cfg.train.storage_path or os.path.join(output_dir, "ray_results"))
+
+
+def check_cluster_paths(cfg: Config, output_dir: str, table: pd.DataFrame) -> None:
+    """On a Ray cluster of several nodes, fail now unless every node sees the images, the checkpoint
+    storage and the output folder (evaluation actors load ``best/`` from it), in one sentence."""
+    if len(table):
+        check_shared_input(table.path.iloc[0], "the image")
+    check_shared_output(storage_dir(cfg, output_dir), "train.storage_path" if cfg.train.storage_path else
+                        "<--output-dir>/ray_results (train.storage_path is unset)")
+    check_shared_output(output_dir, "--output-dir")
 
 
 def prepare_run_dir(cfg: Config, output_dir: str, resume: bool) -> str:
-    """The Ray Train storage folder of this run; a fresh run starts without the old run's checkpoints."""
+    """The Ray Train storage of this run; a fresh run starts without the old run's checkpoints."""
     storage = storage_dir(cfg, output_dir)
-    run_dir = os.path.join(storage, cfg.train.run_name)
-    if resume and not os.path.isdir(run_dir):
+    run_dir = storage_join(storage, cfg.train.run_name)
+    exists = storage_exists(run_dir)
+    if resume and not exists:
         raise ConfigError(f"--resume: no earlier run {cfg.train.run_name!r} in {storage}")
-    if not resume and os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)
+    if not resume and exists:
+        remove_storage(run_dir)
     return storage
 
 
@@ -107,6 +119,7 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     fit_started = time.perf_counter()
     tracking = TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)
     manifest, table = data or load_training_table(cfg)
+    check_cluster_paths(cfg, output_dir, table)
     preprocessing = Preprocessing.from_config(cfg)
     scaling = scaling_config(cfg)
     device = f"{scaling.num_workers} worker(s) x " + (f"{cfg.train.gpus_per_worker:g} GPU" if scaling.use_gpu

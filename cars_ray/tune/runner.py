@@ -20,8 +20,9 @@ from cars_ray.outputs import write_csv, write_figure
 from cars_ray.plots import curves_figure, training_curves_figure
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
+from cars_ray.storage import storage_exists, storage_join
 from cars_ray.train.tracking import TrackingTarget
-from cars_ray.train.runner import copy_inference_checkpoint
+from cars_ray.train.runner import check_cluster_paths, copy_inference_checkpoint, storage_dir
 from cars_ray.tune.search import (
     apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
     trial_driver, trial_name,
@@ -46,18 +47,22 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)  # MLflow missing: fail now
     concurrency = check_feasible(apply_trial_resources(Config.from_dict(cfg.to_dict())))
     manifest, table = data or load_training_table(cfg)
+    check_cluster_paths(cfg, output_dir, table)
     preprocessing = Preprocessing.from_config(cfg)
     datasets = build_training_datasets(table, preprocessing, cfg.data)
     check_full_batches(cfg, datasets["train"].count(), "the readable training images")
-    storage = os.path.abspath(os.path.join(output_dir, "ray_results"))
+    storage = storage_dir(cfg, output_dir)
     shared = {"class_names": manifest.class_names, "preprocessing": preprocessing.to_dict(),
-              "trial_storage": os.path.join(storage, "trials"), "output_dir": output_dir}
+              "trial_storage": storage_join(storage, "trials"), "output_dir": output_dir}
     # The trial's driver only waits on its TorchTrainer, whose workers hold the trial's CPUs/GPUs;
     # a driver holding a CPU of its own would deadlock small clusters.
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=cfg.to_dict(), shared=shared, datasets=datasets),
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY})
-    experiment_dir = os.path.join(storage, EXPERIMENT)
+    experiment_dir = storage_join(storage, EXPERIMENT)
+    if not resume and storage_exists(experiment_dir):
+        raise ConfigError(f"train.storage_path {storage} already holds a search ({EXPERIMENT}/); continue it with "
+                          "--resume or give another train.storage_path")
     if resume:
         if not tune.Tuner.can_restore(experiment_dir):
             raise ConfigError(f"--resume: no Tune experiment to restore in {experiment_dir}")

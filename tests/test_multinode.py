@@ -1,0 +1,204 @@
+"""Several Ray nodes on this machine: training that loses a node, checkpoints in shared storage (a
+``file://`` URI, an S3-compatible store), paths other nodes cannot see, outputs written by the driver,
+a search across nodes resumed after the head restarts.
+
+One cluster for the module (``helpers.multinode.LocalCluster``): a head without CPUs and worker nodes
+of one CPU each, so all work runs on worker nodes. ``shared/`` is seen by every node; ``head_only/``
+is hidden from the node that ``add_blind`` starts in its own mount namespace (skipped where mount
+namespaces are not allowed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ray.util.state import list_actors
+
+from helpers.data import REPO, free_port, write_class_folders, write_tiny_checkpoint
+from helpers.multinode import LocalCluster, driver_env, run_pipeline, start_pipeline, unshare_works
+
+pytestmark = pytest.mark.slow
+
+# No test rows: the evaluation of best/ is covered elsewhere and would add seconds to every run here.
+TINY = ["data.image_size=32", "data.batch_size=8", "data.augment=none", "data.val_fraction=0.2",
+        "data.test_fraction=0", "model.backbone=test_efficientnet", "model.weights=none",
+        "optim.schedule=none", "train.channels_last=false", "train.early_stop_patience=0"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("multinode")
+    shared, head_only = base / "shared", base / "head_only"
+    head_only.mkdir()
+    return {"base": base, "shared": shared, "head_only": head_only,
+            "data": write_class_folders(shared / "data", 24, (40, 32))}
+
+
+@pytest.fixture(scope="module")
+def cluster(world):
+    cluster = LocalCluster(world["base"], {"node_a": 1, "node_b": 1})
+    yield cluster
+    cluster.shutdown()
+
+
+def worker_nodes(cluster: LocalCluster, class_name: str = "RayTrainWorker") -> set[str]:
+    """Node ids of the live actors of a class (the dashboard's state API)."""
+    actors = list_actors(address=cluster.dashboard, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+                         raise_on_missing_output=False)
+    return {actor.node_id for actor in actors}
+
+
+def full_checkpoint_epochs(run_dir: Path) -> list[int]:
+    """Epochs of the full (resumable) checkpoints that have reached the run's storage."""
+    return sorted(json.loads((path.parent / "meta.json").read_text())["epoch"]
+                  for path in run_dir.glob("checkpoint_*/train_state.pt") if (path.parent / "meta.json").exists())
+
+
+def train_args(world: dict, out: Path, storage: str, epochs: int) -> list[str]:
+    """train.py on the generated data: two workers of one CPU (one per worker node), a full checkpoint each epoch."""
+    return ["--config", "configs/demo.yaml", "--output-dir", str(out), f"data.root_dir={world['data']}", *TINY,
+            "train.checkpoint_every=1", "train.num_workers=2", "train.cpus_per_worker=1", "train.max_failures=2",
+            f"train.storage_path={storage}", f"train.epochs={epochs}"]
+
+
+def test_training_loses_a_node_and_finishes_from_the_last_checkpoint(cluster, world, tmp_path):
+    storage, out = world["shared"] / "ray_results", world["shared"] / "run"
+    driver = start_pipeline(cluster, "train.py", *train_args(world, out, storage.as_uri(), 6), log=tmp_path / "train.log")
+    deadline = time.time() + 300
+    while not full_checkpoint_epochs(storage / "demo") and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert full_checkpoint_epochs(storage / "demo"), (tmp_path / "train.log").read_text()[-3000:]
+    placed, nodes = worker_nodes(cluster), {cluster.nodes[name].node_id for name in ("node_a", "node_b")}
+    cluster.kill("node_b")  # the node: its raylet, the worker on it, its object store
+    cluster.add("node_c")   # the replacement the autoscaler would bring
+    assert placed == nodes, "one training worker on each worker node"
+    assert driver.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-4000:]
+    history = pd.read_csv(out / "metrics.csv")
+    assert list(history.epoch) == [1, 2, 3, 4, 5, 6], "the full epoch count"
+    assert history.resumes.iloc[-1] == 1, "restarted once, from the last full checkpoint (FailureConfig)"
+    assert "resumed from the checkpoint of epoch" in (tmp_path / "train.log").read_text()
+    assert (out / "best" / "model.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def s3_store():
+    """An S3-compatible store on loopback (moto's server); the URI carries endpoint and keys for every node."""
+    server = pytest.importorskip("moto.server", reason="moto[server] (the test extra) is not installed")
+    boto3 = pytest.importorskip("boto3")
+    port = free_port()
+    moto = server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket="cars-ray")
+    yield {"client": client,
+           "uri": f"s3://testing:testing@cars-ray/ray_results?scheme=http&endpoint_override=127.0.0.1:{port}&region=us-east-1"}
+    moto.stop()
+
+
+def test_checkpoints_in_an_s3_store_and_resume_from_a_fresh_driver(cluster, world, s3_store, tmp_path):
+    out = world["shared"] / "s3_run"
+    args = train_args(world, out, s3_store["uri"], 4)
+    driver = start_pipeline(cluster, "train.py", *args, log=tmp_path / "train.log")
+
+    def committed_full_checkpoints() -> int:
+        """Full checkpoints Ray Train has registered (its snapshot in the store: what a resume can use)."""
+        try:
+            body = s3_store["client"].get_object(Bucket="cars-ray", Key="ray_results/demo/checkpoint_manager_snapshot.json")
+        except s3_store["client"].exceptions.NoSuchKey:
+            return 0
+        snapshot = json.loads(body["Body"].read())
+        return sum(r["metrics"].get("checkpoint_kind") == "full" for r in snapshot["checkpoint_results"])
+
+    deadline = time.time() + 300
+    while not committed_full_checkpoints() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert committed_full_checkpoints(), (tmp_path / "train.log").read_text()[-3000:]
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver is lost once a checkpoint is committed to the store
+    driver.wait(timeout=60)
+    assert not (out / "metrics.csv").exists(), "the first driver did not finish"
+    run_pipeline(cluster, "train.py", *args, "--resume", log=tmp_path / "resume.log")
+    history = pd.read_csv(out / "metrics.csv")
+    assert list(history.epoch) == [1, 2, 3, 4] and history.resumes.iloc[-1] == 1
+    assert "resumed from the checkpoint of epoch" in (tmp_path / "resume.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def blind_node(cluster, world):
+    """A third node that cannot see ``head_only/`` (it sees ``shared/``)."""
+    if not unshare_works():
+        pytest.skip("mount namespaces are not allowed here (unshare --mount): no node can be made blind to a folder")
+    cluster.add_blind("node_blind", world["head_only"])
+    return "node_blind"
+
+
+def test_local_storage_other_nodes_cannot_see_fails_at_the_start(cluster, world, blind_node, tmp_path):
+    storage = world["head_only"] / "ray_results"
+    driver = start_pipeline(cluster, "train.py", "--config", "configs/demo.yaml", "--output-dir",
+                            str(world["shared"] / "blind_run"), f"data.root_dir={world['data']}", *TINY,
+                            f"train.storage_path={storage}", log=tmp_path / "train.log")
+    assert driver.wait(timeout=180) == 2
+    last = (tmp_path / "train.log").read_text().strip().splitlines()[-1]
+    assert f"train.storage_path {storage} is a local path that 1 of the" in last
+    assert "cannot see" in last and "s3://" in last
+    assert not list(storage.glob("demo/checkpoint_*")), "it stopped before training"
+
+
+def test_crop_and_predict_outputs_land_where_the_driver_says(cluster, world, blind_node, tmp_path):
+    crops = world["head_only"] / "crops"  # a folder only the driver's node has
+    output = run_pipeline(cluster, "crop.py", "--root-dir", str(world["data"]), "--output-dir", str(crops),
+                          log=tmp_path / "crop.log")
+    report = json.loads((crops / "crop_report.json").read_text())
+    assert report["written"] == len(list(world["data"].rglob("*.jpg"))) == len(list(crops.rglob("*.jpg")))
+    assert "written" in output
+    checkpoint = write_tiny_checkpoint(world["shared"] / "tiny_ckpt")
+    predictions = world["head_only"] / "preds.csv"
+    run_pipeline(cluster, "predict.py", "--checkpoint", str(checkpoint), "--input", str(world["data"]),
+                 "--output", str(predictions), log=tmp_path / "predict.log")
+    assert len(pd.read_csv(predictions)) == report["written"]
+
+
+def test_search_spreads_over_nodes_and_resumes_after_the_head_restarts(cluster, world, tmp_path):
+    search = world["shared"] / "search"
+    args = ["--config", "configs/tune_demo.yaml", "--output-dir", str(search), f"data.root_dir={world['data']}", *TINY,
+            "train.epochs=1", "tune.scheduler=fifo", "tune.max_concurrent_trials=2", "tune.num_samples=1",
+            "tune.search_space={optim.lr: {grid: [0.01, 0.003]}}", "tune.metric=val_loss", "tune.mode=min"]
+    driver = start_pipeline(cluster, "tune.py", *args, log=tmp_path / "search.log")
+    nodes, deadline = set(), time.time() + 300
+    while len(nodes) < 2 and time.time() < deadline:
+        assert driver.poll() is None, (tmp_path / "search.log").read_text()[-3000:]
+        nodes |= worker_nodes(cluster)
+        time.sleep(0.2)
+    assert len(nodes) == 2, "the two trials ran at once, one on each worker node"
+    # The head goes down with the driver on it (as under `ray job submit`); the shared storage stays.
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=60)
+    assert not (search / "tune_results.csv").exists()
+    cluster.restart({"node_a": 1, "node_b": 1})
+    run_pipeline(cluster, "tune.py", *args, "--resume", log=tmp_path / "resume.log")
+    table = pd.read_csv(search / "tune_results.csv")
+    assert len(table) == 2 and (table.epochs_run == 1).all(), table.to_string()
+    assert (search / "best" / "model.pt").exists()
+
+
+def test_serve_replicas_on_two_nodes_survive_losing_one(tmp_path):
+    """benchmarks/node_loss.py serve, shrunk (a tiny model), on a cluster of its own: two replicas on two
+    nodes, 8 clients, the node of one replica killed (not the ingress's)."""
+    checkpoint, result = write_tiny_checkpoint(tmp_path / "ckpt"), tmp_path / "serve.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "node_loss.py"), "serve", "--checkpoint",
+                           str(checkpoint), "--clients", "8", "--load-seconds", "12", "--out", str(result)],
+                          cwd=REPO, env=driver_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    outcome = json.loads(result.read_text())
+    assert outcome["replicas_on_nodes"] == 2 and outcome["ok_before_kill"] > 0, outcome
+    assert outcome["recovered_s"] is not None, outcome
+    assert outcome["failed_until_recovered"] <= 8, "at most the requests in flight on the lost replica"
+    assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome
