@@ -32,12 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the multi-node cluster helper the tests use
 
-from helpers.multinode import LocalCluster, start_pipeline  # noqa: E402
-
-
-def full_checkpoint_epochs(run_dir: Path) -> list[int]:
-    return sorted(json.loads((p.parent / "meta.json").read_text())["epoch"]
-                  for p in run_dir.glob("checkpoint_*/train_state.pt") if (p.parent / "meta.json").exists())
+from helpers.multinode import LocalCluster, full_checkpoint_epochs, start_pipeline  # noqa: E402
 
 
 def train_once(cluster: LocalCluster, base: Path, name: str, args: argparse.Namespace,

@@ -23,7 +23,9 @@ import pytest
 from ray.util.state import list_actors
 
 from helpers.data import REPO, free_port, write_class_folders, write_tiny_checkpoint
-from helpers.multinode import LocalCluster, driver_env, run_pipeline, start_pipeline, unshare_works
+from helpers.multinode import (
+    LocalCluster, driver_env, full_checkpoint_epochs, run_pipeline, start_pipeline, unshare_works,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +56,6 @@ def worker_nodes(cluster: LocalCluster, class_name: str = "RayTrainWorker") -> s
     actors = list_actors(address=cluster.dashboard, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
                          raise_on_missing_output=False)
     return {actor.node_id for actor in actors}
-
-
-def full_checkpoint_epochs(run_dir: Path) -> list[int]:
-    """Epochs of the full (resumable) checkpoints that have reached the run's storage."""
-    return sorted(json.loads((path.parent / "meta.json").read_text())["epoch"]
-                  for path in run_dir.glob("checkpoint_*/train_state.pt") if (path.parent / "meta.json").exists())
 
 
 def train_args(world: dict, out: Path, storage: str, epochs: int) -> list[str]:

@@ -119,6 +119,12 @@ class LocalCluster:
         shutil.rmtree(self.ray_temp, ignore_errors=True)
 
 
+def full_checkpoint_epochs(run_dir: Path) -> list[int]:
+    """Epochs of the full (resumable) checkpoints that have reached a run's storage folder."""
+    return sorted(json.loads((path.parent / "meta.json").read_text())["epoch"]
+                  for path in run_dir.glob("checkpoint_*/train_state.pt") if (path.parent / "meta.json").exists())
+
+
 def unshare_works() -> bool:
     """Mount namespaces (root, or a kernel that lets users have them): needed by ``add_blind``."""
     if shutil.which("unshare") is None:
