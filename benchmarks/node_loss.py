@@ -86,14 +86,13 @@ def bench_train(args: argparse.Namespace) -> dict:
 def bench_serve(args: argparse.Namespace) -> dict:
     import ray
     from ray import serve
-    from ray.util.state import list_actors
 
     from _common import write_checkpoint_for
     from helpers.data import free_port
     from serve_load import sample_jpeg
 
     from serve.app import build
-    from serve.loadtest import classifier_replicas, load_with_failure, run_load, running_replicas
+    from serve.loadtest import load_with_failure, run_load, replica_actors, running_replicas
 
     base = Path(tempfile.mkdtemp(prefix="node_loss_"))
     checkpoint = args.checkpoint
@@ -110,17 +109,16 @@ def bench_serve(args: argparse.Namespace) -> dict:
                          "access_log": "false"}), name="cars", route_prefix="/")
         url, payload = f"http://127.0.0.1:{port}/predict", sample_jpeg()
         run_load(url, payload, 1, 3)  # warm-up
-        replica_nodes = {a.node_id for a in classifier_replicas("cars")}
-        ingress = [a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-                   if a.class_name.endswith("cars:CarsAPI")]
-        victim = next(name for name, node in cluster.nodes.items() if node.node_id in replica_nodes - set(ingress))
+        replica_nodes = {a.node_id for a in replica_actors("cars")}
+        ingress = {a.node_id for a in replica_actors("cars", "CarsAPI")}
+        victim = next(name for name, node in cluster.nodes.items() if node.node_id in replica_nodes - ingress)
         victim_id = cluster.nodes[victim].node_id
 
         def kill_node():
             cluster.kill(victim)
             cluster.add("node_c", 2)
             return lambda: running_replicas("cars") == 2 and victim_id not in {
-                a.node_id for a in classifier_replicas("cars")}
+                a.node_id for a in replica_actors("cars")}
 
         outcome = load_with_failure(url, payload, args.clients, kill_after=5, fail=kill_node,
                                     after_recovery=max(1.0, args.load_seconds - 5 - 10))

@@ -73,12 +73,15 @@ def file_signature(path: str) -> tuple[int, str] | None:
 _signature_on_node = ray.remote(num_cpus=0, max_retries=0)(file_signature)
 
 
-def _blind_nodes(path: str) -> list[str]:
-    """Ids of the live nodes, other than this one, on which ``path`` is missing or is another file."""
+def _live_nodes() -> list[str]:
+    """Ids of the live nodes of the connected cluster (empty when Ray is not started)."""
+    return [node["NodeID"] for node in ray.nodes() if node["Alive"]] if ray.is_initialized() else []
+
+
+def _blind_nodes(path: str, nodes: list[str]) -> list[str]:
+    """Ids of ``nodes``, other than this one, on which ``path`` is missing or is another file."""
     here = ray.get_runtime_context().get_node_id()
-    others = [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["NodeID"] != here]
-    if not others:
-        return []
+    others = [node for node in nodes if node != here]
     expected = file_signature(path)
     probes = [_signature_on_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(path)
               for node in others]
@@ -90,9 +93,8 @@ def _blind_nodes(path: str) -> list[str]:
     return [node for node, signature in zip(others, seen) if signature != expected]
 
 
-def _refuse(blind: list[str], what: str, shown: str, advice: str) -> None:
+def _refuse(blind: list[str], total: int, what: str, shown: str, advice: str) -> None:
     if blind:
-        total = sum(1 for node in ray.nodes() if node["Alive"])
         raise ConfigError(f"{what} {shown} is a local path that {len(blind)} of the {total} nodes of this Ray cluster "
                           f"cannot see (node {blind[0][:12]}...); {advice}")
 
@@ -103,18 +105,18 @@ def check_shared_output(path: str, what: str) -> None:
     The folder is made, a marker file with a random name is written into it, looked for from a task
     pinned to each other node, and removed again.
     """
-    folder = local_path(path)
-    if folder is None or not _several_nodes():
+    folder, nodes = local_path(path), _live_nodes()
+    if folder is None or len(nodes) < 2:
         return
     os.makedirs(folder, exist_ok=True)
     marker = os.path.join(folder, f".cars_ray-node-probe-{secrets.token_hex(6)}")
     with open(marker, "w", encoding="utf-8") as handle:
         handle.write("written by cars_ray to check that every Ray node sees this folder; safe to delete\n")
     try:
-        blind = _blind_nodes(marker)
+        blind = _blind_nodes(marker, nodes)
     finally:
         os.remove(marker)
-    _refuse(blind, what, path, "give a folder every node mounts (NFS, a shared volume) or an object store URI "
+    _refuse(blind, len(nodes), what, path, "give a folder every node mounts (NFS, a shared volume) or an object store URI "
                                "such as s3://bucket/prefix")
 
 
@@ -123,11 +125,7 @@ def check_shared_input(path: str, what: str) -> None:
 
     Read-only: each node compares the file's size and first bytes with this node's.
     """
-    file = local_path(path)
-    if file is None or not _several_nodes():
+    file, nodes = local_path(path), _live_nodes()
+    if file is None or len(nodes) < 2:
         return
-    _refuse(_blind_nodes(file), what, path, "put it on storage every node mounts")
-
-
-def _several_nodes() -> bool:
-    return ray.is_initialized() and sum(1 for node in ray.nodes() if node["Alive"]) > 1
+    _refuse(_blind_nodes(file, nodes), len(nodes), what, path, "put it on storage every node mounts")

@@ -21,6 +21,7 @@ from cars_ray.evaluate.evaluation import EVALUATION_OUTPUTS, EvaluationOptions, 
 from cars_ray.outputs import check_earlier_output, check_output_path
 from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.storage import check_shared_input
 from cars_ray.checkpoint import check_classes, read_meta
 
 
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
                                    "--output-dir")
     check_earlier_output(output_dir, EVALUATION_OUTPUTS, False, args.overwrite, "--output-dir", can_resume=False)
     init_ray(args, os.path.join(output_dir, "logs"))
+    check_shared_input(rows.path.iloc[0], "the image")  # decoded by Ray Data tasks on any node
     with progress_console() as board:
         metrics = evaluate_checkpoint(args.checkpoint, rows, manifest.class_names, output_dir,
                                       EvaluationOptions(tta=args.tta, title=title, source=args.root_dir, progress=board))

@@ -61,11 +61,12 @@ def run_load(url: str, payload: bytes, clients: int, duration: float) -> dict:
             "p95_ms": round(float(np.percentile(ms, 95)), 1) if len(ms) else None}
 
 
-def classifier_replicas(app: str) -> list:
-    """The live Classifier replica actors of a Serve application."""
+def replica_actors(app: str, deployment: str = "Classifier") -> list:
+    """The live replica actors of one deployment of a Serve application."""
     from ray.util.state import list_actors
 
-    return [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if a.class_name.endswith(f"{app}:Classifier")]
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    return [a for a in alive if a.class_name.endswith(f"{app}:{deployment}")]
 
 
 def running_replicas(app: str) -> int:
@@ -114,12 +115,12 @@ def load_with_replica_kill(url: str, payload: bytes, app: str, clients: int, kil
     before = []
 
     def kill_one_replica() -> Callable[[], bool]:
-        before.extend(classifier_replicas(app))
+        before.extend(replica_actors(app))
         victim = before[0]
         os.kill(victim.pid, signal.SIGKILL)
 
         def recovered() -> bool:
-            alive = {a.actor_id for a in classifier_replicas(app)}
+            alive = {a.actor_id for a in replica_actors(app)}
             return len(alive) == len(before) and victim.actor_id not in alive and running_replicas(app) == len(before)
         return recovered
 

@@ -17,7 +17,6 @@ from cars_ray.evaluate.metrics import class_confusion, classification_metrics, c
 from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import confusion_matrix_figure, mistakes_figure, worst_classes_figure
-from cars_ray.storage import check_shared_input
 
 EVALUATION_OUTPUTS = ("metrics.json", "per_class.csv", "confused_pairs.csv", "predictions.csv", "confusion_matrix.png",
                       "errors.png", "per_class.png")
@@ -54,8 +53,6 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: pd.DataFrame, class_names: li
     """Score ``rows`` and write the evaluation files to ``output_dir``; returns the metrics."""
     meta = read_meta(checkpoint_dir)
     check_classes(meta, class_names, options.source)
-    if len(rows):
-        check_shared_input(rows.path.iloc[0], "the image")
     labels, probs, paths = score_rows(checkpoint_dir, rows, options.tta, options.progress)
     metrics = classification_metrics(labels, probs)
     metrics.update({"split": options.title, "tta": options.tta, "checkpoint": os.path.abspath(checkpoint_dir)})
