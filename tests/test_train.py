@@ -4,6 +4,7 @@ A node (not a worker process) lost mid-run, and resuming from a fresh driver: te
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -95,6 +96,23 @@ def stop_after_first_report(loop_config: dict) -> None:
     train_loop_per_worker(loop_config)
 
 
+def record_reports(record_file: str, loop_config: dict) -> None:
+    """The loop as a restarted Tune trial runs it (``report_history_on_resume``), writing what it reports."""
+    import dataclasses
+
+    import ray.train
+
+    original = ray.train.report
+
+    def record(metrics, *args, **kwargs):
+        with open(record_file, "a") as log:
+            log.write(json.dumps(metrics, default=str) + "\n")
+        original(metrics, *args, **kwargs)
+
+    ray.train.report = record  # this worker process ends with the run
+    train_loop_per_worker({"settings": dataclasses.replace(loop_config["settings"], report_history_on_resume=True)})
+
+
 def test_resume_after_stop_finishes_same_epoch_count(ray_local, train_root, tmp_path):
     cfg = tiny_config(train_root, tmp_path, "train.epochs=3", "train.max_failures=0", "train.checkpoint_every=1")
     with pytest.raises(Exception):
@@ -102,6 +120,19 @@ def test_resume_after_stop_finishes_same_epoch_count(ray_local, train_root, tmp_
     outcome = fit(cfg, str(tmp_path), resume=True, evaluate_test=False)
     assert list(outcome.history.epoch) == [1, 2, 3]
     assert list(outcome.history.resumes) == [0, 1, 1], "epochs 2 and 3 ran after resuming from epoch 1"
+
+    # A Tune trial restarted after its Train run had finished (the head died before Tune heard of the last
+    # epoch): nothing is trained again, and the trial reports its epochs with their checkpoints once more.
+    run_dir = tmp_path / "ray_results" / cfg.train.run_name
+    checkpoints = sorted(path for path in run_dir.glob("checkpoint_*") if path.is_dir())
+    record_file = tmp_path / "reports.jsonl"
+    again = fit(cfg, str(tmp_path), resume=True, evaluate_test=False,
+                train_fn=functools.partial(record_reports, str(record_file)))
+    reports = [json.loads(line) for line in record_file.read_text().splitlines()]
+    assert [r["epoch"] for r in reports] == [1, 2, 3] and all(r["replayed"] for r in reports)
+    assert [Path(r["checkpoint_path"]).name for r in reports] == [c.name for c in checkpoints]
+    assert sorted(path for path in run_dir.glob("checkpoint_*") if path.is_dir()) == checkpoints, "nothing trained"
+    assert list(again.history.epoch) == [1, 2, 3]
 
 
 def test_nan_loss_stops_with_a_clear_message(ray_local, train_root, tmp_path):

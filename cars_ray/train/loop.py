@@ -39,6 +39,9 @@ class LoopSettings:
     preprocessing: dict
     progress: Any = None  # a ProgressBoard actor the driver draws, or None (Tune trials)
     tracking: TrackingTarget | None = None  # where rank 0 writes each epoch's scalars
+    # A restarted Tune trial's session starts empty while its Train run resumes from storage: the trial then
+    # reports the epochs its checkpoint holds again (a run finished before the restart would report nothing).
+    report_history_on_resume: bool = False
 
     def as_loop_config(self) -> dict:
         return {"settings": self}
@@ -58,11 +61,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     preprocessing = Preprocessing.from_dict(settings.preprocessing, "train loop config")
     run = TrainingRun(cfg, len(settings.class_names), preprocessing, device,
                       train_rows.steps_per_epoch(cfg.data.batch_size, world_size), world_size)
-    resume(run, rank, settings.progress)
+    committed = resume(run, rank, settings.progress)
+    if committed and settings.report_history_on_resume:
+        report_history(run, committed)
 
     board = settings.progress if rank == 0 else None
     tracker = EpochTracker(settings.tracking if rank == 0 else None, flat_params(settings.config))
-    while run.state.epoch < cfg.train.epochs:
+    while not run.state.finished(cfg.train.epochs):
         epoch = run.state.epoch + 1
         run.apply_freeze(epoch)
         phase = f"epoch {epoch}/{cfg.train.epochs}"
@@ -78,8 +83,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         tracker.log(metrics)
         report(run, metrics, settings, rank)
         say(format_epoch(metrics, cfg.train.epochs), rank, board)
-        if metrics["stop_reason"]:
-            break
     tracker.close()
 
 
@@ -104,20 +107,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resume(run: TrainingRun, rank: int, board=None) -> None:
-    """Continue from the latest full-state checkpoint of this run, if any (worker restart or --resume)."""
+def resume(run: TrainingRun, rank: int, board=None) -> list:
+    """Continue from the latest full-state checkpoint of this run, if any (worker restart or --resume);
+    returns the run's committed checkpoints (``ReportedCheckpoint``) when it did, else []."""
     if ray.train.get_checkpoint() is None:
-        return
+        return []
     reported = ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     full = [r.checkpoint for r in reported if r.metrics.get("checkpoint_kind") == FULL]
     if not full:
         say("[cars_ray] no full checkpoint yet (train.checkpoint_every); starting from epoch 1", rank, board)
-        return
+        return []
     with full[-1].as_directory() as directory:
         run.load_state_dict(read_train_state(directory))
     run.state.resumed_at.append(run.state.epoch)
     run.apply_freeze(run.state.epoch + 1)
-    say(f"[cars_ray] resumed from the checkpoint of epoch {run.state.epoch}", rank, board)
+    left = "nothing left to train" if run.state.finished(run.cfg.train.epochs) else f"epoch {run.state.epoch + 1} next"
+    say(f"[cars_ray] resumed from the checkpoint of epoch {run.state.epoch}; {left}", rank, board)
+    return reported
+
+
+def report_history(run: TrainingRun, committed: list) -> None:
+    """Report every epoch the resumed state holds again, each with the path of its committed checkpoint
+    (as ``TuneReportCallback`` forwards one), marked ``replayed``; no checkpoint is written."""
+    paths = {int(r.metrics["epoch"]): r.checkpoint.path for r in committed if "epoch" in r.metrics}
+    for row in run.state.history:
+        path = {"checkpoint_path": paths[row["epoch"]]} if row["epoch"] in paths else {}
+        ray.train.report({**row, **path, "replayed": True})
 
 
 def checkpoint_kind(metrics: dict, cfg: Config) -> str:

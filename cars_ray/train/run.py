@@ -45,6 +45,10 @@ class RunState:
     resumed_at: list[int] = field(default_factory=list)  # epochs a restart or --resume continued from
     history: list[dict] = field(default_factory=list)
 
+    def finished(self, epochs: int) -> bool:
+        """Whether the run has nothing left to train: all ``epochs`` done, or it stopped early."""
+        return self.epoch >= epochs or bool(self.history and self.history[-1]["stop_reason"])
+
     def early_stop(self, metrics: dict, cfg: TrainConfig) -> str:
         """The early-stopping sentence once train.early_stop_metric failed to improve by min_delta for
         ``patience`` epochs in a row, else ""."""

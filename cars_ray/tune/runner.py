@@ -25,7 +25,7 @@ from cars_ray.train.tracking import TrackingTarget
 from cars_ray.train.runner import check_cluster_paths, copy_inference_checkpoint, storage_dir
 from cars_ray.tune.search import (
     apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
-    trial_driver, trial_name,
+    trial_driver, trial_history, trial_name,
 )
 
 EXPERIMENT = "tune"
@@ -107,7 +107,7 @@ def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_
         raise ConfigError("no trial reported a checkpoint; see tune_results.csv for the trials' errors")
     best_dir = os.path.join(output_dir, "best")
     copy_inference_checkpoint(ray.train.Checkpoint(ranked.iloc[0].best_checkpoint), best_dir)
-    best_history = next(r.metrics_dataframe for r in results if trial_name(r) == ranked.iloc[0].trial_id)
+    best_history = next(trial_history(r) for r in results if trial_name(r) == ranked.iloc[0].trial_id)
     write_figure(os.path.join(output_dir, "curves.png"),
                  training_curves_figure(best_history, int(ranked.iloc[0].best_epoch)))
     test_rows = table[table.split == "test"]

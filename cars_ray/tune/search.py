@@ -114,7 +114,8 @@ def trial_driver(params: dict[str, Any], base: dict, shared: dict, datasets: dic
     # TensorBoard: Tune writes every trial's event files itself; MLflow: one run per trial, one experiment per search.
     tracking = (TrackingTarget.resolve("mlflow", shared["output_dir"], f"{cfg.train.run_name}_search")
                 if cfg.train.tracking == "mlflow" else None)
-    settings = LoopSettings(cfg.to_dict(), shared["class_names"], shared["preprocessing"], tracking=tracking)
+    settings = LoopSettings(cfg.to_dict(), shared["class_names"], shared["preprocessing"], tracking=tracking,
+                            report_history_on_resume=True)
     run_config = train_run_config(cfg, f"trial_{tune.get_context().get_trial_id()}", shared["trial_storage"],
                                   callbacks=[TuneReportCallback()])
     build_trainer(cfg, settings, datasets, run_config).fit()
@@ -142,7 +143,8 @@ def make_search_alg(cfg: Config, concurrency: int):
 def make_scheduler(cfg: Config):
     if cfg.tune.scheduler == "fifo":
         return None
-    return tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+    # Epochs, not Tune's report count: a restarted trial reports its earlier epochs again (report_history_on_resume).
+    return tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs,
                                          grace_period=cfg.tune.grace_period, reduction_factor=cfg.tune.reduction_factor)
 
 
@@ -151,7 +153,7 @@ def summarize(results: tune.ResultGrid, cfg: Config) -> pd.DataFrame:
     rows = []
     sign = 1 if cfg.tune.mode == "max" else -1
     for result in results:
-        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        history = trial_history(result)
         params = {f"param.{k}": v for k, v in (result.config or {}).items()}
         epochs = int(history.epoch.max()) if "epoch" in history else 0
         early = bool(history.stop_reason.iloc[-1]) if "stop_reason" in history and len(history) else False
@@ -176,10 +178,19 @@ def curves(results: tune.ResultGrid, metric: str) -> dict[str, tuple[list, list]
     """Per trial, (epochs, metric values) for the curves plot."""
     out = {}
     for result in results:
-        history = result.metrics_dataframe
-        if history is not None and metric in history:
+        history = trial_history(result)
+        if metric in history:
             out[trial_name(result)] = (history.epoch.tolist(), history[metric].tolist())
     return out
+
+
+def trial_history(result) -> pd.DataFrame:
+    """A trial's epochs as Tune recorded them, one row per epoch: a restarted trial reports the epochs it
+    resumed with again (Tune appends them), and the last report of an epoch is kept."""
+    history = result.metrics_dataframe
+    if history is None or "epoch" not in history:
+        return pd.DataFrame()
+    return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
 def trial_name(result) -> str:
