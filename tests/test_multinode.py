@@ -1,6 +1,6 @@
-"""Several Ray nodes on this machine: training that loses a node, checkpoints in shared storage (a
-``file://`` URI, an S3-compatible store), paths other nodes cannot see, outputs written by the driver,
-a search across nodes resumed after the head restarts.
+"""Several Ray nodes on this machine: training that loses a node and then its driver, with checkpoints
+in an S3-compatible store; paths other nodes cannot see; outputs written by the driver; a search
+across nodes, its storage a ``file://`` URI, resumed after the head restarts; Serve losing a node.
 
 One cluster for the module (``helpers.multinode.LocalCluster``): a head without CPUs and worker nodes
 of one CPU each, so all work runs on worker nodes. ``shared/`` is seen by every node; ``head_only/``
@@ -24,7 +24,7 @@ from ray.util.state import list_actors
 
 from helpers.data import REPO, free_port, write_class_folders, write_tiny_checkpoint
 from helpers.multinode import (
-    LocalCluster, driver_env, full_checkpoint_epochs, run_pipeline, start_pipeline, unshare_works,
+    LocalCluster, driver_env, run_pipeline, start_pipeline, unshare_works,
 )
 
 pytestmark = pytest.mark.slow
@@ -65,25 +65,6 @@ def train_args(world: dict, out: Path, storage: str, epochs: int) -> list[str]:
             f"train.storage_path={storage}", f"train.epochs={epochs}"]
 
 
-def test_training_loses_a_node_and_finishes_from_the_last_checkpoint(cluster, world, tmp_path):
-    storage, out = world["shared"] / "ray_results", world["shared"] / "run"
-    driver = start_pipeline(cluster, "train.py", *train_args(world, out, storage.as_uri(), 6), log=tmp_path / "train.log")
-    deadline = time.time() + 300
-    while not full_checkpoint_epochs(storage / "demo") and driver.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert full_checkpoint_epochs(storage / "demo"), (tmp_path / "train.log").read_text()[-3000:]
-    placed, nodes = worker_nodes(cluster), {cluster.nodes[name].node_id for name in ("node_a", "node_b")}
-    cluster.kill("node_b")  # the node: its raylet, the worker on it, its object store
-    cluster.add("node_c")   # the replacement the autoscaler would bring
-    assert placed == nodes, "one training worker on each worker node"
-    assert driver.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-4000:]
-    history = pd.read_csv(out / "metrics.csv")
-    assert list(history.epoch) == [1, 2, 3, 4, 5, 6], "the full epoch count"
-    assert history.resumes.iloc[-1] == 1, "restarted once, from the last full checkpoint (FailureConfig)"
-    assert "resumed from the checkpoint of epoch" in (tmp_path / "train.log").read_text()
-    assert (out / "best" / "model.pt").exists()
-
-
 @pytest.fixture(scope="module")
 def s3_store():
     """An S3-compatible store on loopback (moto's server); the URI carries endpoint and keys for every node."""
@@ -100,31 +81,50 @@ def s3_store():
     moto.stop()
 
 
-def test_checkpoints_in_an_s3_store_and_resume_from_a_fresh_driver(cluster, world, s3_store, tmp_path):
-    out = world["shared"] / "s3_run"
-    args = train_args(world, out, s3_store["uri"], 4)
-    driver = start_pipeline(cluster, "train.py", *args, log=tmp_path / "train.log")
+def committed_full_checkpoints(store: dict, run: str = "demo") -> int:
+    """Full checkpoints Ray Train has registered in its snapshot in the store (what a restart or --resume uses)."""
+    try:
+        body = store["client"].get_object(Bucket="cars-ray", Key=f"ray_results/{run}/checkpoint_manager_snapshot.json")
+    except store["client"].exceptions.NoSuchKey:
+        return 0
+    snapshot = json.loads(body["Body"].read())
+    return sum(r["metrics"].get("checkpoint_kind") == "full" for r in snapshot["checkpoint_results"])
 
-    def committed_full_checkpoints() -> int:
-        """Full checkpoints Ray Train has registered (its snapshot in the store: what a resume can use)."""
-        try:
-            body = s3_store["client"].get_object(Bucket="cars-ray", Key="ray_results/demo/checkpoint_manager_snapshot.json")
-        except s3_store["client"].exceptions.NoSuchKey:
-            return 0
-        snapshot = json.loads(body["Body"].read())
-        return sum(r["metrics"].get("checkpoint_kind") == "full" for r in snapshot["checkpoint_results"])
 
-    deadline = time.time() + 300
-    while not committed_full_checkpoints() and driver.poll() is None and time.time() < deadline:
+def wait_for(condition, driver: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition() and driver.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-    assert committed_full_checkpoints(), (tmp_path / "train.log").read_text()[-3000:]
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver is lost once a checkpoint is committed to the store
+    assert condition(), log.read_text()[-3000:]
+
+
+def test_training_loses_a_node_then_its_driver_and_finishes_from_an_s3_store(cluster, world, s3_store, tmp_path):
+    """Two workers on two nodes, checkpoints in an S3-compatible store. node_b dies after the first full
+    checkpoint: FailureConfig restarts the run on node_a and the replacement node_c from that checkpoint.
+    Then the driver dies: a fresh driver's --resume finishes the full epoch count from the store."""
+    out, log = world["shared"] / "s3_run", tmp_path / "train.log"
+    args = train_args(world, out, s3_store["uri"], 8)
+    driver = start_pipeline(cluster, "train.py", *args, log=log)
+    wait_for(lambda: committed_full_checkpoints(s3_store), driver, log)
+    placed, nodes = worker_nodes(cluster), {cluster.nodes[name].node_id for name in ("node_a", "node_b")}
+    cluster.kill("node_b")  # the node: its raylet, the worker on it, its object store
+    cluster.add("node_c")   # the replacement the autoscaler would bring
+    assert placed == nodes, "one training worker on each worker node"
+
+    wait_for(lambda: "resumed from the checkpoint of epoch" in log.read_text(), driver, log)
+    assert worker_nodes(cluster) == {cluster.nodes[name].node_id for name in ("node_a", "node_c")}
+    committed = committed_full_checkpoints(s3_store)
+    wait_for(lambda: committed_full_checkpoints(s3_store) > committed, driver, log)  # one more after the restart
+    os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=60)
     assert not (out / "metrics.csv").exists(), "the first driver did not finish"
+
     run_pipeline(cluster, "train.py", *args, "--resume", log=tmp_path / "resume.log")
     history = pd.read_csv(out / "metrics.csv")
-    assert list(history.epoch) == [1, 2, 3, 4] and history.resumes.iloc[-1] == 1
+    assert list(history.epoch) == list(range(1, 9)), "the full epoch count"
+    assert history.resumes.iloc[-1] == 2, "restarted once by FailureConfig, once by --resume"
     assert "resumed from the checkpoint of epoch" in (tmp_path / "resume.log").read_text()
+    assert (out / "best" / "model.pt").exists()
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +163,13 @@ def test_crop_and_predict_outputs_land_where_the_driver_says(cluster, world, bli
 
 
 def test_search_spreads_over_nodes_and_resumes_after_the_head_restarts(cluster, world, tmp_path):
-    search = world["shared"] / "search"
+    """Two trials at once, one per worker node, their state and checkpoints on shared storage given as a
+    file:// URI; the head dies with the driver, the cluster comes back, --resume finishes both trials."""
+    search, storage = world["shared"] / "search", world["shared"] / "search_storage"
     args = ["--config", "configs/tune_demo.yaml", "--output-dir", str(search), f"data.root_dir={world['data']}", *TINY,
             "train.epochs=1", "tune.scheduler=fifo", "tune.max_concurrent_trials=2", "tune.num_samples=1",
-            "tune.search_space={optim.lr: {grid: [0.01, 0.003]}}", "tune.metric=val_loss", "tune.mode=min"]
+            "tune.search_space={optim.lr: {grid: [0.01, 0.003]}}", "tune.metric=val_loss", "tune.mode=min",
+            f"train.storage_path={storage.as_uri()}"]
     driver = start_pipeline(cluster, "tune.py", *args, log=tmp_path / "search.log")
     nodes, deadline = set(), time.time() + 300
     while len(nodes) < 2 and time.time() < deadline:
@@ -183,6 +186,7 @@ def test_search_spreads_over_nodes_and_resumes_after_the_head_restarts(cluster, 
     table = pd.read_csv(search / "tune_results.csv")
     assert len(table) == 2 and (table.epochs_run == 1).all(), table.to_string()
     assert (search / "best" / "model.pt").exists()
+    assert (storage / "tune").is_dir() and len(list((storage / "trials").iterdir())) == 2
 
 
 def test_serve_replicas_on_two_nodes_survive_losing_one(tmp_path):

@@ -1,4 +1,5 @@
-"""What a user sees: a quiet console, the run report in a browser, tracking and the comparison of runs."""
+"""What a user sees: the demo submitted as a job with a quiet console, the run report in a browser, tracking and
+the comparison of runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import subprocess
 
 import pytest
 
-from helpers.data import REPO, run_pipeline, write_class_folders
+from helpers.cluster import job_logs, ray_head, submit
+from helpers.data import REPO
 from helpers.entry_points import call_pipeline
 
 pytestmark = pytest.mark.slow
@@ -18,23 +20,27 @@ TINY = ["model.backbone=test_efficientnet", "model.weights=none", "data.image_si
 
 
 @pytest.fixture(scope="module")
-def demo_job(ray_address, tmp_path_factory):
-    """The main job as a user runs it (demo config, a tiny model to keep it short), output captured."""
+def demo_job(tmp_path_factory):
+    """The main job as a user runs it on a cluster: the demo config (a tiny model to keep it short, MLflow
+    tracking on for the test below) submitted with `ray job submit` to a `ray start` head. Returns the
+    submission, the job's console (its log) and its output folder."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    proc = run_pipeline("train.py", "--config", "configs/demo.yaml", "--output-dir", str(out), "--address", ray_address,
-                        *TINY)
-    return proc, out
+    with ray_head() as head:
+        proc = submit(head, "python", "pipelines/train.py", "--config", "configs/demo.yaml", "--output-dir", str(out),
+                      *TINY, "train.tracking=mlflow", submission_id="cars-ray-demo")
+        console = job_logs(head, "cars-ray-demo") if proc.returncode == 0 else ""
+    return proc, console, out
 
 
-def test_demo_console_fits_on_one_screen(demo_job):
-    proc, out = demo_job
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+def test_demo_job_succeeds_and_its_console_fits_on_one_screen(demo_job):
+    proc, console, out = demo_job
+    assert proc.returncode == 0 and "succeeded" in proc.stdout.lower(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in console.splitlines() if line.strip()]
     assert len(lines) <= 30, "\n".join(lines)
     text = "\n".join(lines)
-    assert "classes; train" in lines[0] and "worker(s) x" in lines[0], "one setup line first"
+    assert "classes; train" in lines[0] and "worker(s) x" in lines[0], f"one setup line first:\n{text}"
     assert sum(line.startswith("[cars_ray] epoch ") and "val_top1" in line for line in lines) == 2, "one line per epoch"
-    assert "test top-1" in text and "report.html" in text
+    assert "test top-1" in text and "report.html" in text and (out / "best" / "model.pt").exists()
     for noise in ("RayTrainWorker", "INFO", "WARNING", "core_worker", "Running Dataset", "Checkpoint successfully"):
         assert noise not in text, noise
     log = (out / "logs" / "run.log").read_text()
@@ -42,7 +48,7 @@ def test_demo_console_fits_on_one_screen(demo_job):
 
 
 def test_report_opens_in_headless_chromium_with_no_broken_image(demo_job, tmp_path):
-    _, out = demo_job
+    *_, out = demo_job
     node, chromium = shutil.which("node"), shutil.which("chromium")
     if not (node and chromium and (REPO / "tests" / "web" / "node_modules" / "playwright-core").is_dir()):
         pytest.skip("needs node, Debian chromium and tests/web/node_modules/playwright-core (installed by .ci/run)")
@@ -61,7 +67,7 @@ def test_report_opens_in_headless_chromium_with_no_broken_image(demo_job, tmp_pa
 
 
 def test_compare_lines_up_runs(demo_job, tmp_path):
-    _, out = demo_job
+    *_, out = demo_job
     second = tmp_path / "copy"
     shutil.copytree(out, second)
     summary = json.loads((second / "run.json").read_text())
@@ -75,23 +81,18 @@ def test_compare_lines_up_runs(demo_job, tmp_path):
     assert code == 2 and "holds no finished run" in stderr
 
 
-def test_mlflow_tracking_through_rays_integration(ray_local, tmp_path):
+def test_mlflow_tracking_through_rays_integration(demo_job):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from cars_ray.config import load_config
-    from cars_ray.train.runner import fit
-
-    root = write_class_folders(tmp_path / "data", 8, (40, 32))
-    cfg = load_config("configs/demo.yaml", [f"data.root_dir={root}", "data.val_fraction=0.25", "data.test_fraction=0.25",
-                                            *TINY, "train.tracking=mlflow", "data.batch_size=4", "train.epochs=1"])
-    fit(cfg, str(tmp_path / "run"), evaluate_test=False)
+    *_, out = demo_job
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    client = MlflowClient("file://" + str(tmp_path / "run" / "mlruns"))
+    client = MlflowClient("file://" + str(out / "mlruns"))
     experiment = client.get_experiment_by_name("demo")
     run = client.search_runs([experiment.experiment_id])[0]
     history = client.get_metric_history(run.info.run_id, "val_top1")
-    assert [m.step for m in history] == [1]
-    assert run.data.params["optim.lr"] == str(cfg.optim.lr)
+    assert [m.step for m in history] == [1, 2]
+    config = json.loads((out / "best" / "meta.json").read_text())["config"]
+    assert run.data.params["optim.lr"] == str(config["optim"]["lr"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "curves.png" in artifacts

@@ -67,6 +67,15 @@ def test_an_epoch_reports_every_epoch_metric_and_a_structured_stop():
     assert metrics["stop_reason"] == "non_finite_loss" and "loss became nan" in metrics["stop_message"]
 
 
+def test_a_run_is_finished_after_its_epochs_or_a_stop_so_a_resume_trains_nothing_more():
+    from cars_ray.train.run import RunState
+
+    going = {"stop_reason": ""}
+    assert RunState(epoch=3, history=[going] * 3).finished(3)
+    assert RunState(epoch=1, history=[{"stop_reason": "early_stopping"}]).finished(3)
+    assert not RunState(epoch=1, history=[going]).finished(3) and not RunState().finished(3)
+
+
 def test_checkpoint_policy_weights_on_new_best_full_every_n_and_at_the_end():
     cfg = tiny_run("train.checkpoint_every=3", "train.epochs=7").cfg
 
