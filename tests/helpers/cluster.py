@@ -8,9 +8,12 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -36,15 +39,35 @@ def ray_head() -> Iterator[dict]:
              "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
              "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
              "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
-    start = subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-                            "--num-cpus", "2", "--disable-usage-stats", *ports, "--temp-dir", str(temp_dir)],
-                           env=env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stdout + start.stderr
+    # --block: the head lives as long as this process, which stops every process it started on SIGTERM
+    # (`ray stop` would stop every Ray instance on the machine, the test session's own included).
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host",
+                             "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats", *ports, "--temp-dir", str(temp_dir)],
+                            env=env, stdout=(temp_dir / "head.log").open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
+        wait_for_head(temp_dir / "head.log", dashboard, head)
         yield {"address": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for_head(log: Path, dashboard: int, head: subprocess.Popen, timeout: float = 180) -> None:
+    """Until `ray start` says the runtime started and the dashboard answers, or fail with its output."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and head.poll() is None:
+        if "Ray runtime started" in log.read_text():
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", dashboard)) == 0:
+                    return
+        time.sleep(0.5)
+    raise AssertionError(f"ray start --head did not come up: {log.read_text()[-3000:]}")
 
 
 def submit(head: dict, *entrypoint: str, submission_id: str | None = None,
