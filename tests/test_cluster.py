@@ -1,5 +1,5 @@
 """A real local cluster: `ray start --head` on free loopback ports, `ray job submit` of the crop pipeline,
-`ray stop`. The demo training submitted as a job: tests/test_run_view.py (its console is the job's log);
+the head stopped. The demo training submitted as a job: tests/test_run_view.py (its console is the job's log);
 crop and predict across several nodes: tests/test_multinode.py."""
 
 from __future__ import annotations
