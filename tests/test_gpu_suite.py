@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 from helpers.data import REPO
 
@@ -27,15 +28,18 @@ def test_gpu_suite_dry_run_writes_the_steps_json(ray_address, tmp_path):
 
 
 @pytest.mark.parametrize("step", ["plain", "strong", "notebook"])
-def test_every_training_step_config_loads_for_the_gpu_and_the_dry_run(step, monkeypatch):
+def test_every_training_step_config_loads_and_its_dry_run_model_builds(step, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from gpu_suite import DRY_RUN
 
     from cars_ray.config import load_config
+    from cars_ray.models import create_model
 
     for overrides in ([], DRY_RUN):
         cfg = load_config(REPO / "configs" / f"{step}.yaml", ["data.root_dir=demo", *overrides])
         assert cfg.train.epochs >= 1
+    model = create_model(cfg.model, num_classes=10, pretrained=False)  # the dry run's tiny backbone, the step's head
+    assert model(torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size)).shape == (2, 10)
 
 
 def test_gpu_suite_refuses_unknown_steps(tmp_path):

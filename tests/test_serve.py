@@ -1,7 +1,5 @@
-"""The Serve app over real HTTP on a free loopback port: predictions, every bad input, concurrency, the page.
-
-A replica's node killed under load: tests/test_multinode.py (``benchmarks/serve_load.py --kill-replica``
-measures a replica's process killed)."""
+"""The Serve app over real HTTP on a free loopback port: predictions, every bad input, concurrency, the page,
+a replica's process killed under load (a replica's node killed: tests/test_multinode.py)."""
 
 from __future__ import annotations
 
@@ -199,3 +197,17 @@ def test_two_torch_replicas_share_one_gpu(ray_local, checkpoint):
         assert replicas.get("RUNNING") == 2
     finally:
         serve.delete("gpu_share")
+
+
+def test_replica_killed_under_load_recovers(served):
+    """16 clients on two replicas; one replica's process is killed: only requests in flight there may fail,
+    the replica count comes back, and the requests after it succeed. README: clients retry a 5xx once.
+    (Last in this module: it leaves the app with a replaced replica.)"""
+    from serve.loadtest import load_with_replica_kill
+
+    outcome = load_with_replica_kill(f"{served}/predict", jpeg_bytes(seed=5), "cars", clients=16, kill_after=1.0,
+                                     after_recovery=1.0)
+    print(outcome)
+    assert outcome["recovered_s"] is not None and outcome["recovered_s"] < 90, outcome
+    assert outcome["ok_before_kill"] > 0 and outcome["failed_until_recovered"] <= 16, outcome
+    assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome

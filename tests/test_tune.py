@@ -15,7 +15,7 @@ from cars_ray.errors import ConfigError
 from helpers.data import write_class_folders
 
 pytestmark = pytest.mark.slow
-GRID = "{optim.lr: {grid: [0.01, 0.02, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
+GRID = "{optim.lr: {grid: [0.01, 0.02, 0.005, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune
     cfg = load_config("configs/tune_demo.yaml", tune_overrides(tune_root, "tune.max_concurrent_trials=2"))
     outcome = run_search(cfg, str(tmp_path))
     table = pd.read_csv(tmp_path / "tune_results.csv")
-    assert len(table) == 3 and (tmp_path / "tune.png").stat().st_size > 10_000
+    assert len(table) == 4 and (tmp_path / "tune.png").stat().st_size > 10_000
     hopeless = table[table["param.optim.lr"] < 1e-6].iloc[0]
     assert hopeless.stopped_by_scheduler and hopeless.epochs_run < 2
     assert table.stopped_by_scheduler.sum() >= 1
@@ -53,6 +53,14 @@ def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune
     assert outcome.test_metrics["num_images"] == 20
     assert list((tmp_path / "ray_results" / "tune").glob("*/events.out.tfevents.*")), "TensorBoard logs"
     assert (tmp_path / "curves.png").exists() and "Trials" in (tmp_path / "report.html").read_text()
+
+    # --resume of a search whose trials all finished reruns none of them (an interrupted search with some
+    # trials running: tests/test_multinode.py).
+    checkpoints = sorted((tmp_path / "ray_results" / "trials").glob("*/checkpoint_*"))
+    run_search(cfg, str(tmp_path), resume=True)
+    again = pd.read_csv(tmp_path / "tune_results.csv")
+    assert again[["trial_id", "epochs_run", "best_val_loss"]].equals(table[["trial_id", "epochs_run", "best_val_loss"]])
+    assert sorted((tmp_path / "ray_results" / "trials").glob("*/checkpoint_*")) == checkpoints
 
 
 @pytest.mark.parametrize("override, message", [
