@@ -12,13 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from helpers.data import REPO, free_port
+from helpers.data import REPO, free_port, ray_temp_dir
 
 RAY = str(Path(sys.executable).with_name("ray"))
 CLI_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+\w+ cli\.py:\d+ -- ")  # `ray job logs`' own lines, not the job's
@@ -28,7 +27,7 @@ CLI_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+\w+ cli\.py:\d+ -- ")  # `ray
 def ray_head() -> Iterator[dict]:
     """A Ray head on loopback with every port chosen free; always stopped. Yields its dashboard address and
     the environment a client needs (RAY_AUTH_MODE=token and the head's token)."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="cr-"))  # short: Ray's socket paths must fit 107 bytes
+    temp_dir = ray_temp_dir()
     token = temp_dir / "auth_token"  # a fresh machine has no ~/.ray/auth_token; the test brings its own
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
@@ -41,10 +40,10 @@ def ray_head() -> Iterator[dict]:
              "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
     # --block: the head lives as long as this process, which stops every process it started on SIGTERM
     # (`ray stop` would stop every Ray instance on the machine, the test session's own included).
-    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host",
-                             "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats", *ports, "--temp-dir", str(temp_dir)],
-                            env=env, stdout=(temp_dir / "head.log").open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with (temp_dir / "head.log").open("w") as log:  # the child keeps its own descriptor
+        head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host",
+                                 "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats", *ports, "--temp-dir",
+                                 str(temp_dir)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_head(temp_dir / "head.log", dashboard, head)
         yield {"address": f"http://127.0.0.1:{dashboard}", "env": env}

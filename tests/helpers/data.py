@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def ray_temp_dir() -> Path:
+    """A fresh folder for a Ray instance's temp files under a short /tmp name: Ray's socket paths below it
+    must stay under 108 bytes (pytest's tmp_path, or a long TMPDIR, are too long)."""
+    return Path(tempfile.mkdtemp(prefix="cr-", dir="/tmp"))
 
 
 def class_colour(index: int) -> tuple[int, int, int]:

@@ -15,14 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ray.cluster_utils import Cluster
 from ray.util.state import list_nodes
 
-from helpers.data import REPO, free_port
+from helpers.data import REPO, free_port, ray_temp_dir
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Quick node-death detection: the GCS declares a node dead after 3 missed 0.5 s health checks (default 3 s x 5).
@@ -34,8 +33,7 @@ class LocalCluster:
 
     def __init__(self, base: Path, workers: dict[str, float]):
         self.base = base
-        # Ray's socket paths must stay under 108 bytes: its temp folders go under a short /tmp name.
-        self.ray_temp = Path(tempfile.mkdtemp(prefix="cr-", dir="/tmp"))
+        self.ray_temp = ray_temp_dir()
         self.start(workers)
 
     def start(self, workers: dict[str, float]) -> None:
