@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_gpu_suite_dry_run_writes_the_steps_json(ray_address, tmp_path):
-    """One training step run dry (strong: the recipe with the most options); every step's config loads below."""
+    """One training step run dry: strong, the recipe with the most options (mixup/cutmix, RandAugment, EMA,
+    gradient clipping, per-stage learning rates, flip TTA) through train.py and Ray Train. Every step's config
+    loads below."""
     out = tmp_path / "suite"
     env = {**os.environ, "RAY_ADDRESS": ray_address, "PYTHONUNBUFFERED": "1", "SITE": str(tmp_path / "site")}
     proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "run", str(out), "timm", "strong", "--dry-run"], cwd=REPO,
@@ -24,6 +28,10 @@ def test_gpu_suite_dry_run_writes_the_steps_json(ray_address, tmp_path):
     result = json.loads((out / "strong.json").read_text())
     assert result["dry_run"] and result["epochs"] == 1 and 0 <= result["test_top1"] <= 1
     assert (out / "strong" / "best" / "model.pt").exists()
+    history = pd.read_csv(out / "strong" / "metrics.csv")
+    assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all()
+    assert json.loads((out / "strong" / "best" / "meta.json").read_text())["ema"] is True, "the EMA weights are kept"
+    assert json.loads((out / "strong" / "evaluation" / "metrics.json").read_text())["tta"] is True
     assert "timm: skipped in the dry run" in proc.stdout
 
 

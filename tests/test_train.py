@@ -1,6 +1,8 @@
 """Training on Ray Train with a tiny model on generated data: learning, workers, faults, resume, errors.
 
-A node (not a worker process) lost mid-run, and resuming from a fresh driver: tests/test_multinode.py."""
+A node (not a worker process) lost mid-run, and resuming from a fresh driver: tests/test_multinode.py. The
+strong recipe's options end to end (configs/strong.yaml): tests/test_gpu_suite.py; with a frozen early
+backbone, without Ray: tests/test_training_run.py."""
 
 from __future__ import annotations
 
@@ -205,35 +207,6 @@ def test_evaluate_pipeline_on_split_file(baseline_run, train_root, ray_address, 
     assert list(per_class.class_name) == CLASS_NAMES and per_class.support.sum() == 16
     assert np.isclose(metrics["top1"], (pd.read_csv(tmp_path / "ev" / "predictions.csv").eval("true_id == predicted_id")).mean())
 
-
-
-def test_strong_recipe_options_and_frozen_early_backbone(ray_local, train_root, tmp_path):
-    """mixup/cutmix, EMA, gradient clipping, RandAugment, plateau schedule and flip TTA train together,
-    and an early backbone frozen for the run keeps its starting weights."""
-    import json
-
-    import torch
-
-    from cars_ray.models import create_model
-
-    cfg = tiny_config(train_root, tmp_path, "optim.mixup=0.2", "optim.cutmix=1.0", "optim.mixup_prob=1.0",
-                      "optim.ema_decay=0.9", "optim.grad_clip=1.0", "data.augment=strong", "optim.schedule=plateau",
-                      "optim.freeze_early_epochs=-1", "model.early_stages=2", "train.eval_tta=true")
-    outcome = fit(cfg, str(tmp_path))
-    assert list(outcome.history.epoch) == [1, 2]
-    assert np.isfinite(outcome.history.train_loss).all() and np.isfinite(outcome.history.val_loss).all()
-    assert json.loads((tmp_path / "best" / "meta.json").read_text())["ema"] is True
-    assert outcome.test_metrics["tta"] is True and outcome.test_metrics["num_images"] == 16
-
-    torch.manual_seed(cfg.train.seed)  # the worker of rank 0 seeds the same way before building its model
-    start = create_model(cfg.model, 4, pretrained=True)
-    names = {id(p): n for n, p in start.named_parameters()}
-    trained = torch.load(tmp_path / "best" / "model.pt", map_location="cpu", weights_only=True)  # EMA weights
-    stages = start.parameter_stages(cfg.model.early_stages)
-    assert stages["early"], "the test needs early parameters"
-    for param in stages["early"]:
-        assert torch.allclose(trained[names[id(param)]], param.detach(), atol=1e-6), names[id(param)]
-    assert any(not torch.allclose(trained[names[id(p)]], p.detach(), atol=1e-4) for p in stages["late"])
 
 
 def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, train_root, tmp_path):

@@ -1,4 +1,5 @@
-"""The training-run object on its own (no Ray): freezing by epoch, compile, checkpoint policy, EMA decay."""
+"""The training-run object on its own (no Ray): freezing by epoch, the strong recipe's options together,
+compile, checkpoint policy, EMA decay. The strong recipe end to end through Ray: tests/test_gpu_suite.py."""
 
 from __future__ import annotations
 
@@ -51,6 +52,25 @@ def test_a_resume_after_the_frozen_epochs_unfreezes():
     always = tiny_run("optim.freeze_early_epochs=-1")
     always.apply_freeze(30)
     assert not early_trainable(always)
+
+
+def test_strong_options_train_together_and_a_frozen_early_backbone_keeps_its_weights():
+    """mixup/cutmix, EMA, gradient clipping, RandAugment and the plateau schedule over two epochs; with
+    optim.freeze_early_epochs=-1 the early stages keep their starting weights and the late ones move."""
+    run = tiny_run("optim.mixup=0.2", "optim.cutmix=1.0", "optim.mixup_prob=1.0", "optim.ema_decay=0.9",
+                   "optim.grad_clip=1.0", "data.augment=strong", "optim.schedule=plateau", "optim.freeze_early_epochs=-1")
+    assert run.mixup is not None and run.ema is not None
+    stages = run.model.parameter_stages(run.cfg.model.early_stages)
+    early = [p.detach().clone() for p in stages["early"]]
+    late = [p.detach().clone() for p in stages["late"]]
+    for epoch in (1, 2):
+        run.apply_freeze(epoch)
+        metrics = run.end_epoch(run.train_epoch(batches()), run.validate(batches(1)), 0.0, 1.0)
+        assert torch.isfinite(torch.tensor([metrics["train_loss"], metrics["val_loss"]])).all(), metrics
+    assert all(torch.equal(before, p) for before, p in zip(early, stages["early"]))
+    assert any(not torch.equal(before, p) for before, p in zip(late, stages["late"]))
+    assert any(not torch.equal(e, m) for e, m in zip(run.ema.module.parameters(), run.model.parameters())), \
+        "the EMA weights are their own"
 
 
 def test_an_epoch_reports_every_epoch_metric_and_a_structured_stop():
