@@ -22,24 +22,43 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_context():
     """One local Ray instance for the whole session: 2 CPUs, loopback only, always shut down."""
     import ray
 
     # The dashboard's state API lets Ray Train's PlacementGroupCleaner free the resources of runs whose
-    # controller was stopped (Tune trials); without it they leak and later trials wait forever.
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=free_port(), _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False)
+    # controller was stopped (Tune trials); without it they leak and later trials wait forever. Its job API
+    # takes the tests' `ray job submit`s.
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=free_port(), _node_ip_address="127.0.0.1", log_to_driver=True,
+                       configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
+    yield context
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_context):
+    import ray
+
+    return ray
 
 
 @pytest.fixture(scope="session")
 def ray_address(ray_local) -> str:
     """The address of the session's Ray, for pipelines run as subprocesses (``--address``): joining it
-    spares each of them a Ray start-up; test_crop and test_cluster still start their own."""
+    spares each of them a Ray start-up; test_crop still starts its own."""
     return ray_local.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
+def job_cluster(ray_context) -> dict:
+    """The session's Ray as `ray job submit` reaches a cluster: its dashboard address, and the environment
+    a client needs. Token authentication is on (Ray 2.60's default): ray.init keeps the cluster's token in
+    ~/.ray/auth_token, where the CLI finds it, making one on a fresh machine."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    return {"address": f"http://{ray_context.dashboard_url}", "env": env}
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""A real local cluster: `ray start --head` on free loopback ports, `ray job submit` of the crop pipeline,
-the head stopped. The demo training submitted as a job: tests/test_run_view.py (its console is the job's log);
-crop and predict across several nodes: tests/test_multinode.py."""
+"""The cluster config against Ray's own validation, and `ray job submit` of the crop pipeline to a running
+cluster (the session's Ray, token auth on). The demo training submitted as a job: tests/test_run_view.py (its
+console is the job's log); crop and predict across several nodes: tests/test_multinode.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from helpers.cluster import ray_head, submit
+from helpers.cluster import submit
 from helpers.data import REPO
 
 pytestmark = pytest.mark.slow
@@ -23,10 +23,9 @@ def test_cluster_yaml_passes_ray_validation():
     assert "gpu_worker" in config["available_node_types"]
 
 
-def test_job_submit_crop_pipeline(folder_dataset, tmp_path):
+def test_job_submit_crop_pipeline(job_cluster, folder_dataset, tmp_path):
     out = tmp_path / "crops"
-    with ray_head() as head:
-        proc = submit(head, "python", "pipelines/crop.py", "--root-dir", str(folder_dataset), "--output-dir", str(out))
+    proc = submit(job_cluster, "python", "pipelines/crop.py", "--root-dir", str(folder_dataset), "--output-dir", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()
     report = json.loads((out / "crop_report.json").read_text())

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from helpers.cluster import job_logs, ray_head, submit
+from helpers.cluster import job_logs, submit
 from helpers.data import REPO
 from helpers.entry_points import call_pipeline
 
@@ -20,15 +20,14 @@ TINY = ["model.backbone=test_efficientnet", "model.weights=none", "data.image_si
 
 
 @pytest.fixture(scope="module")
-def demo_job(tmp_path_factory):
+def demo_job(job_cluster, tmp_path_factory):
     """The main job as a user runs it on a cluster: the demo config (a tiny model to keep it short, MLflow
-    tracking on for the test below) submitted with `ray job submit` to a `ray start` head. Returns the
-    submission, the job's console (its log) and its output folder."""
+    tracking on for the test below) submitted with `ray job submit`. Returns the submission, the job's
+    console (its log) and its output folder."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    with ray_head() as head:
-        proc = submit(head, "python", "pipelines/train.py", "--config", "configs/demo.yaml", "--output-dir", str(out),
-                      *TINY, "train.tracking=mlflow", submission_id="cars-ray-demo")
-        console = job_logs(head, "cars-ray-demo") if proc.returncode == 0 else ""
+    proc = submit(job_cluster, "python", "pipelines/train.py", "--config", "configs/demo.yaml", "--output-dir", str(out),
+                  *TINY, "train.tracking=mlflow", submission_id="cars-ray-demo")
+    console = job_logs(job_cluster, "cars-ray-demo") if proc.returncode == 0 else ""
     return proc, console, out
 
 
