@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cars_ray.config import ModelConfig
 from cars_ray.errors import CheckpointError
-from cars_ray.models import CarClassifier, create_model
 from cars_ray.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from cars_ray.models import CarClassifier
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -92,6 +94,8 @@ def load_model(directory: str, device: str | torch.device = "cpu") -> tuple[CarC
         model_cfg = ModelConfig(**meta["model"])
     except TypeError as err:
         raise CheckpointError(f"{os.path.join(directory, META_FILE)}: model is not a cars_ray model config ({err})") from None
+    from cars_ray.models import create_model  # timm loads in seconds: only where a model is built
+
     model = create_model(model_cfg, len(meta["class_names"]), pretrained=False)
     path = os.path.join(directory, MODEL_FILE)
     try:

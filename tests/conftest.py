@@ -136,10 +136,17 @@ def tiny_checkpoint(tmp_path) -> Path:
     return write_tiny_checkpoint(tmp_path / "ckpt")
 
 
+# Modules that start Ray clusters of their own run first, before the session's Ray exists: on 2 cores its
+# idle daemons (log monitor, dashboard, agents) would otherwise take CPU from every node of theirs.
+OWN_CLUSTERS_FIRST = ("test_multinode.py",)
+
+
 def pytest_collection_modifyitems(config, items):
-    """``gpu``-marked tests need CUDA; elsewhere they are skipped with the reason."""
+    """The modules with clusters of their own first; ``gpu``-marked tests need CUDA, elsewhere they are
+    skipped with the reason."""
     import torch
 
+    items.sort(key=lambda item: item.path.name not in OWN_CLUSTERS_FIRST)  # stable: file order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

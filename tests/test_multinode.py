@@ -98,6 +98,22 @@ def wait_for(condition, driver: subprocess.Popen, log: Path, timeout: float = 30
     assert condition(), log.read_text()[-3000:]
 
 
+def test_serve_replicas_on_two_nodes_survive_losing_one(tmp_path):
+    """benchmarks/node_loss.py serve, shrunk (a tiny model), on a cluster of its own: two replicas on two
+    nodes, 8 clients, the node of one replica killed (not the ingress's). First in the module, so the
+    module's cluster does not exist yet and takes no CPU from this one."""
+    checkpoint, result = write_tiny_checkpoint(tmp_path / "ckpt"), tmp_path / "serve.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "node_loss.py"), "serve", "--checkpoint",
+                           str(checkpoint), "--clients", "8", "--load-seconds", "12", "--out", str(result)],
+                          cwd=REPO, env=driver_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    outcome = json.loads(result.read_text())
+    assert outcome["replicas_on_nodes"] == 2 and outcome["ok_before_kill"] > 0, outcome
+    assert outcome["recovered_s"] is not None, outcome
+    assert outcome["failed_until_recovered"] <= 8, "at most the requests in flight on the lost replica"
+    assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome
+
+
 def test_training_loses_a_node_then_its_driver_and_finishes_from_an_s3_store(cluster, world, s3_store, tmp_path):
     """Two workers on two nodes, checkpoints in an S3-compatible store. node_b dies after the first full
     checkpoint: FailureConfig restarts the run on node_a and the replacement node_c from that checkpoint.
@@ -187,18 +203,3 @@ def test_search_spreads_over_nodes_and_resumes_after_the_head_restarts(cluster, 
     assert len(table) == 2 and (table.epochs_run == 1).all(), table.to_string()
     assert (search / "best" / "model.pt").exists()
     assert (storage / "tune").is_dir() and len(list((storage / "trials").iterdir())) == 2
-
-
-def test_serve_replicas_on_two_nodes_survive_losing_one(tmp_path):
-    """benchmarks/node_loss.py serve, shrunk (a tiny model), on a cluster of its own: two replicas on two
-    nodes, 8 clients, the node of one replica killed (not the ingress's)."""
-    checkpoint, result = write_tiny_checkpoint(tmp_path / "ckpt"), tmp_path / "serve.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "node_loss.py"), "serve", "--checkpoint",
-                           str(checkpoint), "--clients", "8", "--load-seconds", "12", "--out", str(result)],
-                          cwd=REPO, env=driver_env(), capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    outcome = json.loads(result.read_text())
-    assert outcome["replicas_on_nodes"] == 2 and outcome["ok_before_kill"] > 0, outcome
-    assert outcome["recovered_s"] is not None, outcome
-    assert outcome["failed_until_recovered"] <= 8, "at most the requests in flight on the lost replica"
-    assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome

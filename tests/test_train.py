@@ -134,7 +134,6 @@ def test_resume_after_stop_finishes_same_epoch_count(ray_local, train_root, tmp_
 def nan_on_rank_one_at_a_check(loop_config: dict) -> None:
     """Rank 1's loss turns NaN exactly at a finiteness check (step 2 of epoch 1) while rank 0's is still
     finite there: ranks that decided alone would part ways (rank 0 into the next step's all-reduce)."""
-    import cars_ray.train.loop as loop
     import cars_ray.train.run as run_module
 
     run_module.NAN_CHECK_EVERY = 2
@@ -147,7 +146,7 @@ def nan_on_rank_one_at_a_check(loop_config: dict) -> None:
                 self.criterion = lambda logits, targets: clean(logits, targets) * (
                     float("nan") if self.state.step == 1 else 1.0)
 
-    loop.TrainingRun = PoisonedRun
+    run_module.TrainingRun = PoisonedRun  # the loop takes it from there; this worker ends with the run
     train_loop_per_worker(loop_config)
 
 

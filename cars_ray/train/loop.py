@@ -13,7 +13,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray.train
@@ -24,8 +24,10 @@ from cars_ray.checkpoint import read_train_state, write_checkpoint
 from cars_ray.config import Config
 from cars_ray.data.feed import CachedSplit
 from cars_ray.preprocessing import Preprocessing
-from cars_ray.train.run import TrainingRun
 from cars_ray.train.tracking import EpochTracker, TrackingTarget
+
+if TYPE_CHECKING:
+    from cars_ray.train.run import TrainingRun
 
 FULL, WEIGHTS = "full", "weights"  # checkpoint kinds: training state + weights, or the weights of a new best
 
@@ -48,6 +50,10 @@ class LoopSettings:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    # The model's code (timm, torchvision) loads here, in the worker: every Tune trial's process imports this
+    # module to hand the function to its TorchTrainer, and would pay seconds of imports for nothing.
+    from cars_ray.train.run import TrainingRun
+
     settings: LoopSettings = loop_config["settings"]
     cfg = Config.from_dict(settings.config, source="train loop config")
     context = ray.train.get_context()

@@ -21,7 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from cars_ray.config import Config
 from cars_ray.errors import ConfigError
 from cars_ray.train.loop import LoopSettings
-from cars_ray.train.runner import build_trainer, train_run_config
+from cars_ray.train.trainer import build_trainer, train_run_config
 from cars_ray.train.tracking import TrackingTarget
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "grid")
