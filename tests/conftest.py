@@ -19,6 +19,9 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray Train polls its workers every 2 s by default; tiny test runs spend much of their time waiting on it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Each run's controller would start an actor that polls for node preemption (spot instances): one more
+# process to start per run on 2 cores, for an event no test produces (nodes are killed, not drained).
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from cars_ray.data.crop import crop_dataset
 from cars_ray.data.layouts import read_dataset
 from cars_ray.data.images import clamp_box
 from helpers.data import CLASS_NAMES, make_image, run_pipeline, write_names_csv
+from helpers.entry_points import call_pipeline
 
 
 def test_each_layout_crops_to_clamped_boxes(ray_local, devkit_dataset, car_ims_dataset, kaggle_dataset, csv_dataset, tmp_path):
@@ -82,10 +83,10 @@ def test_crop_pipeline_cli_and_errors(folder_dataset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "crop_report.json").read_text())
     assert report["written"] == 24 and (out / "samples.png").exists()
-    bad = run_pipeline("crop.py", "--root-dir", str(tmp_path / "nope"), "--output-dir", str(out))
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: dataset root") and "Traceback" not in bad.stderr
-    assert "exit codes" in run_pipeline("crop.py", "--help").stdout
+    code, _, stderr = call_pipeline("crop.py", "--root-dir", str(tmp_path / "nope"), "--output-dir", str(out))
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith("error: dataset root") and "Traceback" not in stderr
+    assert "exit codes" in call_pipeline("crop.py", "--help")[1]
 
 
 def test_inspect_data_reports_problems(tmp_path, csv_dataset, ray_address):

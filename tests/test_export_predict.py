@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers.data import CLASS_NAMES, class_colour, make_image, run_pipeline, write_tiny_checkpoint
+from helpers.entry_points import call_pipeline
 
 
 @pytest.mark.parametrize("head", ["linear", "bilinear_attention"])
@@ -14,9 +15,9 @@ def test_export_onnx_parity_and_metadata(tmp_path, head):
 
     checkpoint = write_tiny_checkpoint(tmp_path / head, head=head)
     out = tmp_path / f"{head}.onnx"
-    proc = run_pipeline("export.py", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert "max |logit difference|" in proc.stdout and "top-1 agreement 1.000" in proc.stdout
+    code, stdout, stderr = call_pipeline("export.py", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out))
+    assert code == 0, stdout + stderr[-3000:]
+    assert "max |logit difference|" in stdout and "top-1 agreement 1.000" in stdout
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["class_names"]) == CLASS_NAMES
     assert json.loads(props["preprocessing"])["image_size"] == 48
@@ -25,8 +26,8 @@ def test_export_onnx_parity_and_metadata(tmp_path, head):
 def test_export_fails_when_parity_does_not_hold(tmp_path):
     checkpoint = write_tiny_checkpoint(tmp_path / "c")
     out = tmp_path / "m.onnx"
-    proc = run_pipeline("export.py", "--checkpoint", str(checkpoint), "--out", str(out), "--tolerance", "-1")
-    assert proc.returncode == 1 and not out.exists()
+    code, stdout, stderr = call_pipeline("export.py", "--checkpoint", str(checkpoint), "--out", str(out), "--tolerance", "-1")
+    assert code == 1 and not out.exists(), stdout + stderr[-3000:]
 
 
 def test_predict_folders_globs_and_unreadable(ray_local, tmp_path):

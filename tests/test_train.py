@@ -21,6 +21,7 @@ from cars_ray.config import load_config
 from cars_ray.train.loop import train_loop_per_worker
 from cars_ray.train.runner import fit
 from helpers.data import CLASS_NAMES, class_colour, folder_of, make_image, run_pipeline, write_class_folders, write_names_csv
+from helpers.entry_points import call_pipeline
 
 pytestmark = pytest.mark.slow
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need this module's loops
@@ -160,21 +161,23 @@ def test_non_finite_loss_on_one_rank_stops_every_rank_with_a_clear_message(ray_l
         fit(cfg, str(tmp_path), evaluate_test=False, train_fn=nan_on_rank_one_at_a_check)
 
 
-def one_line_error(proc) -> str:
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    return proc.stderr.strip().splitlines()[-1]
+def one_line_error(call: tuple[int, str, str]) -> str:
+    """The last line of a pipeline that failed before starting Ray (run in this process: call_pipeline)."""
+    code, stdout, stderr = call
+    assert code == 2, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stderr
+    return stderr.strip().splitlines()[-1]
 
 
 def test_bad_config_key_and_missing_data_fail_in_one_sentence(tmp_path):
-    line = one_line_error(run_pipeline("train.py", "--config", "configs/demo.yaml", "optim.learning_rate=1"))
+    line = one_line_error(call_pipeline("train.py", "--config", "configs/demo.yaml", "optim.learning_rate=1"))
     assert line.startswith("error: command line: unknown key 'optim.learning_rate'")
-    line = one_line_error(run_pipeline("train.py", "--config", "configs/demo.yaml", f"data.root_dir={tmp_path}/none",
-                                       "--output-dir", str(tmp_path / "o")))
+    line = one_line_error(call_pipeline("train.py", "--config", "configs/demo.yaml", f"data.root_dir={tmp_path}/none",
+                                        "--output-dir", str(tmp_path / "o")))
     assert line == f"error: data.root_dir {tmp_path}/none does not exist"
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("data:\n  image_size: [1\n")
-    assert one_line_error(run_pipeline("train.py", "--config", str(bad_yaml))).startswith(f"error: {bad_yaml}:")
+    assert one_line_error(call_pipeline("train.py", "--config", str(bad_yaml))).startswith(f"error: {bad_yaml}:")
 
 
 def test_checkpoint_with_other_class_count_fails_clearly(baseline_run, tmp_path):
@@ -182,8 +185,8 @@ def test_checkpoint_with_other_class_count_fails_clearly(baseline_run, tmp_path)
     for c, name in enumerate(CLASS_NAMES[:3]):
         make_image(three / folder_of(name) / "a.jpg", (48, 40), class_colour(c))
     write_names_csv(three / "names.csv", CLASS_NAMES[:3])
-    line = one_line_error(run_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(three),
-                                       "--output-dir", str(tmp_path / "ev")))
+    line = one_line_error(call_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(three),
+                                        "--output-dir", str(tmp_path / "ev")))
     assert line == f"error: the checkpoint has 4 classes but {three} has 3"
     assert not (tmp_path / "ev").exists()
 
@@ -212,8 +215,6 @@ def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, t
     """Static int8 of the trained baseline: calibrated on its training images it keeps top-1 on the val rows;
     calibrated on featureless grey frames its activation ranges are wrong, and the export is refused, nothing written."""
     from PIL import Image
-
-    from helpers.entry_points import call_pipeline
 
     split = pd.DataFrame({"path": [f"{folder_of(n)}/{c}_{i:03d}.jpg" for c, n in enumerate(CLASS_NAMES) for i in range(16)],
                           "class_id": [c + 1 for c in range(4) for _ in range(16)],
