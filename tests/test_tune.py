@@ -5,6 +5,8 @@ A search interrupted with Ctrl-C and resumed after the head restarted: tests/tes
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 
 from cars_ray.config import load_config
 from cars_ray.errors import ConfigError
-from helpers.data import write_class_folders
+from helpers.data import REPO, write_class_folders
 
 pytestmark = pytest.mark.slow
 GRID = "{optim.lr: {grid: [0.01, 0.02, 0.005, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
@@ -78,3 +80,12 @@ def test_errors_fail_early(ray_local, tune_root, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         run_search(cfg, str(tmp_path))
     assert time.time() - started < 30
+
+
+def test_a_trial_process_imports_no_model_code():
+    """Every trial's process imports the trial driver (cars_ray.tune.search), hence the TorchTrainer's module and
+    the loop's: the model's code and the driver's reports stay out (seconds of start-up a trial on 2 cores)."""
+    heavy = ("timm", "torchvision", "sklearn", "matplotlib")
+    code = f"import sys, cars_ray.tune.search; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
