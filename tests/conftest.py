@@ -49,8 +49,9 @@ def ray_local(ray_context):
 
 @pytest.fixture(scope="session")
 def ray_address(ray_local) -> str:
-    """The address of the session's Ray, for pipelines run as subprocesses (``--address``): joining it
-    spares each of them a Ray start-up; test_crop still starts its own."""
+    """The address of the session's Ray, for a subprocess that joins it (RAY_ADDRESS): it spares a Ray
+    start-up. Pipelines run in the test process (``call_pipeline``) join it without; test_crop's CLI test
+    starts a Ray of its own, as the README's main command does."""
     return ray_local.get_runtime_context().gcs_address
 
 

@@ -89,15 +89,15 @@ def test_crop_pipeline_cli_and_errors(folder_dataset, tmp_path):
     assert "exit codes" in call_pipeline("crop.py", "--help")[1]
 
 
-def test_inspect_data_reports_problems(tmp_path, csv_dataset, ray_address):
+def test_inspect_data_reports_problems(tmp_path, csv_dataset, ray_local):
     make_image(csv_dataset.parent / "imgs" / "x.jpg", (50, 50))
     (csv_dataset.parent / "imgs" / "empty.jpg").write_bytes(b"")
     with open(csv_dataset, "a") as handle:
         handle.write("imgs/x.jpg,Beta SUV 2007,10,10,90,40,train\nimgs/empty.jpg,Beta SUV 2007,1,1,5,5,train\n")
     out = tmp_path / "inspect"
-    proc = run_pipeline("inspect_data.py", "--root-dir", str(csv_dataset), "--output-dir", str(out),
-                        "--address", ray_address, "--show-classes", "3")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, _, stderr = call_pipeline("inspect_data.py", "--root-dir", str(csv_dataset), "--output-dir", str(out),
+                                    "--show-classes", "3")
+    assert code == 0, stderr[-2000:]
     report = json.loads((out / "inspect.json").read_text())
     assert report["num_classes"] == 4 and report["num_images"] == 10
     reasons = {os.path.basename(p["path"]): p["reason"] for p in report["problems"]}
@@ -107,9 +107,9 @@ def test_inspect_data_reports_problems(tmp_path, csv_dataset, ray_address):
 
 
 @pytest.mark.shared_data
-def test_inspect_shared_cropped_train(shared_data, tmp_path, ray_address):
-    proc = run_pipeline("inspect_data.py", "--root-dir", str(shared_data / "cropped_train"),
-                        "--output-dir", str(tmp_path), "--address", ray_address, "--show-classes", "6")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_inspect_shared_cropped_train(shared_data, tmp_path, ray_local):
+    code, _, stderr = call_pipeline("inspect_data.py", "--root-dir", str(shared_data / "cropped_train"),
+                                    "--output-dir", str(tmp_path), "--show-classes", "6")
+    assert code == 0, stderr[-2000:]
     report = json.loads((tmp_path / "inspect.json").read_text())
     assert report["num_classes"] == 196 and report["num_images"] == 8144 and not report["problems"]

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from helpers.data import CLASS_NAMES, class_colour, make_image, run_pipeline, write_tiny_checkpoint
+from helpers.data import CLASS_NAMES, class_colour, make_image, write_tiny_checkpoint
 from helpers.entry_points import call_pipeline
 
 
@@ -50,14 +50,14 @@ def test_predict_folders_globs_and_unreadable(ray_local, tmp_path):
     assert all(len(json.loads(t)) == 3 for t in good.topk)
 
 
-def test_predict_pipeline_cli(ray_address, tmp_path):
+def test_predict_pipeline_cli(ray_local, tmp_path):
     checkpoint = write_tiny_checkpoint(tmp_path / "c")
     for i in range(3):
         make_image(tmp_path / "in" / f"{i}.jpg")
     (tmp_path / "in" / "bad.png").write_bytes(b"")
     out = tmp_path / "preds.csv"
-    proc = run_pipeline("predict.py", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"),
-                        "--output", str(out), "--address", ray_address)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, stderr = call_pipeline("predict.py", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"),
+                                    "--output", str(out))
+    assert code == 0, stderr[-3000:]
     frame = pd.read_csv(out, keep_default_na=False)
     assert len(frame) == 4 and (frame.error != "").sum() == 1

@@ -20,7 +20,7 @@ import ray.cloudpickle
 from cars_ray.config import load_config
 from cars_ray.train.loop import train_loop_per_worker
 from cars_ray.train.runner import fit
-from helpers.data import CLASS_NAMES, class_colour, folder_of, make_image, run_pipeline, write_class_folders, write_names_csv
+from helpers.data import CLASS_NAMES, class_colour, folder_of, make_image, write_class_folders, write_names_csv
 from helpers.entry_points import call_pipeline
 
 pytestmark = pytest.mark.slow
@@ -191,15 +191,14 @@ def test_checkpoint_with_other_class_count_fails_clearly(baseline_run, tmp_path)
     assert not (tmp_path / "ev").exists()
 
 
-def test_evaluate_pipeline_on_split_file(baseline_run, train_root, ray_address, tmp_path):
+def test_evaluate_pipeline_on_split_file(baseline_run, train_root, tmp_path):
     split = pd.DataFrame({"path": [f"{folder_of(n)}/{c}_{i:03d}.jpg" for c, n in enumerate(CLASS_NAMES) for i in range(16)],
                           "class_id": [c + 1 for c in range(4) for _ in range(16)],
                           "split": (["train"] * 12 + ["test"] * 4) * 4})
     split.to_csv(tmp_path / "split.csv", index=False)
-    proc = run_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(train_root),
-                        "--split-file", str(tmp_path / "split.csv"), "--tta", "--output-dir", str(tmp_path / "ev"),
-                        "--address", ray_address)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, stderr = call_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(train_root),
+                                    "--split-file", str(tmp_path / "split.csv"), "--tta", "--output-dir", str(tmp_path / "ev"))
+    assert code == 0, stderr[-3000:]
     import json
 
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -24,16 +25,36 @@ def load_pipeline(script: str):
 
 
 def call_pipeline(script: str, *args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``python pipelines/<script> args``, run through the same run_main."""
+    """(exit code, stdout, stderr) of ``python pipelines/<script> args``, run through the same run_main. A
+    pipeline that uses Ray joins the session's (``ray_local`` must be up: ``--address`` is not needed); the
+    logging it sets up for its run (handlers on the root and ``ray`` loggers) is taken down afterwards."""
     module = load_pipeline(script)
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), restored_logging():
         try:
             run_main(module.main, list(args))
             code = 0
         except SystemExit as exit_:
             code = int(exit_.code or 0)
     return code, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def restored_logging():
+    """The root and ``ray`` loggers as they were: handlers (the added ones closed), levels, propagation."""
+    loggers = [logging.getLogger(), logging.getLogger("ray")]
+    saved = [(logger, list(logger.handlers), logger.level, logger.propagate) for logger in loggers]
+    try:
+        yield
+    finally:
+        for logger, handlers, level, propagate in saved:
+            for handler in [h for h in logger.handlers if h not in handlers]:
+                logger.removeHandler(handler)
+                handler.close()
+            for handler in [h for h in handlers if h not in logger.handlers]:
+                logger.addHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def tree_hash(*paths: str | os.PathLike) -> str:
