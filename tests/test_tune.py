@@ -43,6 +43,7 @@ def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune
     outcome = run_search(cfg, str(tmp_path))
     table = pd.read_csv(tmp_path / "tune_results.csv")
     assert len(table) == 4 and (tmp_path / "tune.png").stat().st_size > 10_000
+    assert table.error.isna().all(), table[["trial_id", "error"]].to_string()  # e.g. a process reused too early
     hopeless = table[table["param.optim.lr"] < 1e-6].iloc[0]
     assert hopeless.stopped_by_scheduler and hopeless.epochs_run < 2
     assert table.stopped_by_scheduler.sum() >= 1

@@ -74,9 +74,10 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
             tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, num_samples=cfg.tune.num_samples,
                                         scheduler=make_scheduler(cfg), search_alg=make_search_alg(cfg, concurrency),
                                         max_concurrent_trials=concurrency,
-                                        # A finished trial's driver process takes the next trial: no new process,
-                                        # no imports again (each trial still starts a TorchTrainer of its own).
-                                        reuse_actors=True),
+                                        # Not reused: a trial ASHA stops is still inside TorchTrainer.fit(),
+                                        # which outlives the 2 s Tune's reset waits for, and the next trial
+                                        # given that process fails with "reuse requires reset_config()".
+                                        reuse_actors=False),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage),
         )
     results, interrupted = fit_watching_ctrl_c(tuner)
