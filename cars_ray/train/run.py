@@ -24,12 +24,11 @@ from cars_ray.config import Config, TrainConfig
 from cars_ray.data.augment import create_train_augment
 from cars_ray.models import create_model
 from cars_ray.preprocessing import Preprocessing
+from cars_ray.train import STOP_EARLY, STOP_NON_FINITE
 from cars_ray.train.optim import amp_dtype, autocast, create_optimizer, create_scheduler, set_early_frozen, unwrap
 
 NAN_CHECK_EVERY = 20  # steps between the (all-rank, host-synchronising) checks that the loss is finite
 PROGRESS_EVERY = 5  # steps between progress posts (no host synchronisation: image counts only)
-STOP_EARLY = "early_stopping"
-STOP_NON_FINITE = "non_finite_loss"
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (uint8 images (B, H, W, 3), labels (B,)) on the device
 
 
