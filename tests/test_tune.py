@@ -17,7 +17,7 @@ from cars_ray.errors import ConfigError
 from helpers.data import REPO, write_class_folders
 
 pytestmark = pytest.mark.slow
-GRID = "{optim.lr: {grid: [0.01, 0.02, 0.005, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
+GRID = "{optim.lr: {grid: [0.02, 0.01, 1.0e-7]}}"  # the last one can hardly learn: ASHA must cut it
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune
     cfg = load_config("configs/tune_demo.yaml", tune_overrides(tune_root, "tune.max_concurrent_trials=2"))
     outcome = run_search(cfg, str(tmp_path))
     table = pd.read_csv(tmp_path / "tune_results.csv")
-    assert len(table) == 4 and (tmp_path / "tune.png").stat().st_size > 10_000
+    assert len(table) == 3 and (tmp_path / "tune.png").stat().st_size > 10_000
     assert table.error.isna().all(), table[["trial_id", "error"]].to_string()  # e.g. a process reused too early
     hopeless = table[table["param.optim.lr"] < 1e-6].iloc[0]
     assert hopeless.stopped_by_scheduler and hopeless.epochs_run < 2
