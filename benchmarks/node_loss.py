@@ -84,15 +84,7 @@ def bench_train(args: argparse.Namespace) -> dict:
 
 
 def bench_serve(args: argparse.Namespace) -> dict:
-    import ray
-    from ray import serve
-
     from _common import write_checkpoint_for
-    from helpers.data import free_port
-    from serve_load import sample_jpeg
-
-    from serve.app import build
-    from serve.loadtest import load_with_failure, run_load, replica_actors, running_replicas
 
     base = Path(tempfile.mkdtemp(prefix="node_loss_"))
     checkpoint = args.checkpoint
@@ -102,11 +94,33 @@ def bench_serve(args: argparse.Namespace) -> dict:
     # 2 CPUs a node and 1.5 a model replica: one replica per node, and room for the ingress (0.25) beside one.
     cluster = LocalCluster(base, {"node_a": 2, "node_b": 2})
     try:
-        ray.init(address=cluster.address, log_to_driver=False)
+        return serve_losing_a_node(cluster, checkpoint, args.clients, args.load_seconds, replica_cpus=1.5, node_cpus=2)
+    finally:
+        cluster.shutdown()
+
+
+def serve_losing_a_node(cluster: LocalCluster, checkpoint: str, clients: int, load_seconds: float,
+                        replica_cpus: float, node_cpus: float) -> dict:
+    """Two replicas of ``replica_cpus`` on a cluster whose worker nodes have ``node_cpus`` (sized so that one
+    replica fits on each, and the ingress's 0.25 CPU beside one), Serve's proxy on the head, ``clients``
+    closed-loop clients. After 5 s the node of a replica (not the ingress's) is killed and ``node_c`` added
+    with as many CPUs. This process is the cluster's driver for the call (the test calls it on its
+    module's cluster)."""
+    import ray
+    from ray import serve
+
+    from helpers.data import free_port
+    from serve_load import sample_jpeg
+
+    from serve.app import build
+    from serve.loadtest import load_with_failure, replica_actors, run_load, running_replicas
+
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
         port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build({"checkpoint": checkpoint, "num_cpus": "1.5", "min_replicas": "2", "max_replicas": "2",
-                         "access_log": "false"}), name="cars", route_prefix="/")
+        serve.run(build({"checkpoint": checkpoint, "num_cpus": str(replica_cpus), "min_replicas": "2",
+                         "max_replicas": "2", "access_log": "false"}), name="cars", route_prefix="/")
         url, payload = f"http://127.0.0.1:{port}/predict", sample_jpeg()
         run_load(url, payload, 1, 3)  # warm-up
         replica_nodes = {a.node_id for a in replica_actors("cars")}
@@ -116,18 +130,17 @@ def bench_serve(args: argparse.Namespace) -> dict:
 
         def kill_node():
             cluster.kill(victim)
-            cluster.add("node_c", 2)
+            cluster.add("node_c", node_cpus)
             return lambda: running_replicas("cars") == 2 and victim_id not in {
                 a.node_id for a in replica_actors("cars")}
 
-        outcome = load_with_failure(url, payload, args.clients, kill_after=5, fail=kill_node,
-                                    after_recovery=max(1.0, args.load_seconds - 5 - 10))
+        outcome = load_with_failure(url, payload, clients, kill_after=5, fail=kill_node,
+                                    after_recovery=max(1.0, load_seconds - 5 - 10))
         outcome.update(replicas_on_nodes=len(replica_nodes), killed_node=victim)
         serve.shutdown()
-        ray.shutdown()
+        return outcome
     finally:
-        cluster.shutdown()
-    return outcome
+        ray.shutdown()
 
 
 def main() -> None:

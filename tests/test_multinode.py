@@ -3,7 +3,8 @@ in an S3-compatible store; paths other nodes cannot see; outputs written by the 
 across nodes, its storage a ``file://`` URI, resumed after the head restarts; Serve losing a node.
 
 One cluster for the module (``helpers.multinode.LocalCluster``): a head without CPUs and worker nodes
-of one CPU each, so all work runs on worker nodes. ``shared/`` is seen by every node; ``head_only/``
+of one CPU each, so all work runs on worker nodes; the tests run in file order (the last one kills a
+node of the cluster that the search test restarted). ``shared/`` is seen by every node; ``head_only/``
 is hidden from the node that ``add_blind`` starts in its own mount namespace (skipped where mount
 namespaces are not allowed).
 """
@@ -14,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +23,7 @@ import pytest
 from ray.util.state import list_actors
 
 from helpers.data import REPO, free_port, write_class_folders, write_tiny_checkpoint
-from helpers.multinode import (
-    LocalCluster, driver_env, run_pipeline, start_pipeline, unshare_works,
-)
+from helpers.multinode import LocalCluster, call_on_cluster, start_pipeline, unshare_works
 
 pytestmark = pytest.mark.slow
 
@@ -100,22 +98,6 @@ def wait_for(condition, driver: subprocess.Popen, log: Path, timeout: float = 30
     assert condition(), log.read_text()[-3000:]
 
 
-def test_serve_replicas_on_two_nodes_survive_losing_one(tmp_path):
-    """benchmarks/node_loss.py serve, shrunk (a tiny model), on a cluster of its own: two replicas on two
-    nodes, 8 clients, the node of one replica killed (not the ingress's). First in the module, so the
-    module's cluster does not exist yet and takes no CPU from this one."""
-    checkpoint, result = write_tiny_checkpoint(tmp_path / "ckpt"), tmp_path / "serve.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "node_loss.py"), "serve", "--checkpoint",
-                           str(checkpoint), "--clients", "8", "--load-seconds", "12", "--out", str(result)],
-                          cwd=REPO, env=driver_env(), capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    outcome = json.loads(result.read_text())
-    assert outcome["replicas_on_nodes"] == 2 and outcome["ok_before_kill"] > 0, outcome
-    assert outcome["recovered_s"] is not None, outcome
-    assert outcome["failed_until_recovered"] <= 8, "at most the requests in flight on the lost replica"
-    assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome
-
-
 def test_training_loses_a_node_then_its_driver_and_finishes_from_an_s3_store(cluster, world, s3_store, tmp_path):
     """Two workers on two nodes, checkpoints in an S3-compatible store. node_b dies after the first full
     checkpoint: FailureConfig restarts the run on node_a and the replacement node_c from that checkpoint.
@@ -137,11 +119,12 @@ def test_training_loses_a_node_then_its_driver_and_finishes_from_an_s3_store(clu
     driver.wait(timeout=60)
     assert not (out / "metrics.csv").exists(), "the first driver did not finish"
 
-    run_pipeline(cluster, "train.py", *args, "--resume", log=tmp_path / "resume.log")
+    code, output = call_on_cluster(cluster, "train.py", *args, "--resume", log=tmp_path / "resume.log")
+    assert code == 0, output[-4000:]
     history = pd.read_csv(out / "metrics.csv")
     assert list(history.epoch) == list(range(1, 9)), "the full epoch count"
     assert history.resumes.iloc[-1] == 2, "restarted once by FailureConfig, once by --resume"
-    assert "resumed from the checkpoint of epoch" in (tmp_path / "resume.log").read_text()
+    assert "resumed from the checkpoint of epoch" in output
     assert (out / "best" / "model.pt").exists()
 
 
@@ -156,11 +139,11 @@ def blind_node(cluster, world):
 
 def test_local_storage_other_nodes_cannot_see_fails_at_the_start(cluster, world, blind_node, tmp_path):
     storage = world["head_only"] / "ray_results"
-    driver = start_pipeline(cluster, "train.py", "--config", "configs/demo.yaml", "--output-dir",
-                            str(world["shared"] / "blind_run"), f"data.root_dir={world['data']}", *TINY,
-                            f"train.storage_path={storage}", log=tmp_path / "train.log")
-    assert driver.wait(timeout=180) == 2
-    last = (tmp_path / "train.log").read_text().strip().splitlines()[-1]
+    code, output = call_on_cluster(cluster, "train.py", "--config", "configs/demo.yaml", "--output-dir",
+                                   str(world["shared"] / "blind_run"), f"data.root_dir={world['data']}", *TINY,
+                                   f"train.storage_path={storage}", log=tmp_path / "train.log")
+    assert code == 2, output[-4000:]
+    last = output.strip().splitlines()[-1]
     assert f"train.storage_path {storage} is a local path that 1 of the" in last
     assert "cannot see" in last and "s3://" in last
     assert not list(storage.glob("demo/checkpoint_*")), "it stopped before training"
@@ -168,15 +151,17 @@ def test_local_storage_other_nodes_cannot_see_fails_at_the_start(cluster, world,
 
 def test_crop_and_predict_outputs_land_where_the_driver_says(cluster, world, blind_node, tmp_path):
     crops = world["head_only"] / "crops"  # a folder only the driver's node has
-    output = run_pipeline(cluster, "crop.py", "--root-dir", str(world["data"]), "--output-dir", str(crops),
-                          log=tmp_path / "crop.log")
+    code, output = call_on_cluster(cluster, "crop.py", "--root-dir", str(world["data"]), "--output-dir", str(crops),
+                                   log=tmp_path / "crop.log")
+    assert code == 0, output[-4000:]
     report = json.loads((crops / "crop_report.json").read_text())
     assert report["written"] == len(list(world["data"].rglob("*.jpg"))) == len(list(crops.rglob("*.jpg")))
     assert "written" in output
     checkpoint = write_tiny_checkpoint(world["shared"] / "tiny_ckpt")
     predictions = world["head_only"] / "preds.csv"
-    run_pipeline(cluster, "predict.py", "--checkpoint", str(checkpoint), "--input", str(world["data"]),
-                 "--output", str(predictions), log=tmp_path / "predict.log")
+    code, output = call_on_cluster(cluster, "predict.py", "--checkpoint", str(checkpoint), "--input",
+                                   str(world["data"]), "--output", str(predictions), log=tmp_path / "predict.log")
+    assert code == 0, output[-4000:]
     assert len(pd.read_csv(predictions)) == report["written"]
 
 
@@ -200,8 +185,24 @@ def test_search_spreads_over_nodes_and_resumes_after_the_head_restarts(cluster, 
     driver.wait(timeout=60)
     assert not (search / "tune_results.csv").exists()
     cluster.restart({"node_a": 1, "node_b": 1})
-    run_pipeline(cluster, "tune.py", *args, "--resume", log=tmp_path / "resume.log")
+    code, output = call_on_cluster(cluster, "tune.py", *args, "--resume", log=tmp_path / "resume.log")
+    assert code == 0, output[-4000:]
     table = pd.read_csv(search / "tune_results.csv")
     assert len(table) == 2 and (table.epochs_run == 1).all(), table.to_string()
     assert (search / "best" / "model.pt").exists()
     assert (storage / "tune").is_dir() and len(list((storage / "trials").iterdir())) == 2
+
+
+def test_serve_replicas_on_two_nodes_survive_losing_one(cluster, tmp_path, monkeypatch):
+    """benchmarks/node_loss.py serve, shrunk (a tiny model), on the module's cluster as the search test left
+    it (node_a and node_b, one CPU each): two replicas of 0.75 CPU, one on each node, the ingress beside one,
+    8 clients; the node of the other replica is killed and node_c added. Last in the module: it kills a node."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from node_loss import serve_losing_a_node
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt")
+    outcome = serve_losing_a_node(cluster, str(checkpoint), clients=8, load_seconds=12, replica_cpus=0.75, node_cpus=1)
+    assert outcome["replicas_on_nodes"] == 2 and outcome["ok_before_kill"] > 0, outcome
+    assert outcome["recovered_s"] is not None, outcome
+    assert outcome["failed_until_recovered"] <= 8, "at most the requests in flight on the lost replica"
+    assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome

@@ -3,7 +3,8 @@
 The head has no CPUs, so every task, Train worker, trial and replica runs on a worker node, as on a
 cluster whose head only coordinates. Each worker node carries a custom resource named after it
 (``node_a``: 1) and its own temp folder. Drivers are separate processes (``pipelines/*.py --address``),
-so the node-loss tests kill nodes under a real driver, as on a cluster. Shared by the ``slow``
+so the node-loss tests kill nodes under a real driver, as on a cluster; a driver that only has to run
+to its end runs in the test process (``call_on_cluster``). Shared by the ``slow``
 multi-node tests and ``benchmarks/node_loss.py``.
 """
 
@@ -145,10 +146,19 @@ def start_pipeline(cluster: LocalCluster, script: str, *args: str, log: Path) ->
                             start_new_session=True)
 
 
-def run_pipeline(cluster: LocalCluster, script: str, *args: str, log: Path, timeout: float = 600) -> str:
-    """Run a pipeline to its end; returns its output, and fails with its tail when it fails."""
-    process = start_pipeline(cluster, script, *args, log=log)
-    code = process.wait(timeout=timeout)
-    output = log.read_text()
-    assert code == 0, f"{script} exited {code}:\n{output[-4000:]}"
-    return output
+def call_on_cluster(cluster: LocalCluster, script: str, *args: str, log: Path) -> tuple[int, str]:
+    """(exit code, output) of ``pipelines/<script> --address <cluster> args`` run in this process, which
+    joins the cluster as its driver for the call: no interpreter to start, the modules are imported already
+    (a driver that must die under a test is a process of its own: ``start_pipeline``). The output is also
+    written to ``log``."""
+    import ray
+
+    from helpers.entry_points import call_pipeline
+
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    try:
+        code, stdout, stderr = call_pipeline(script, "--address", cluster.address, *args)
+    finally:
+        ray.shutdown()
+    log.write_text(stdout + stderr)
+    return code, stdout + stderr
