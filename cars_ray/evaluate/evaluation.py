@@ -13,7 +13,6 @@ import pandas as pd
 
 from cars_ray.checkpoint import check_classes, read_meta
 from cars_ray.data.loading import decoded_dataset
-from cars_ray.evaluate.metrics import class_confusion, classification_metrics, confused_pairs, per_class_report
 from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import confusion_matrix_figure, mistakes_figure, worst_classes_figure
@@ -51,6 +50,10 @@ def score_rows(checkpoint_dir: str, rows: pd.DataFrame, tta: bool = False, progr
 def evaluate_checkpoint(checkpoint_dir: str, rows: pd.DataFrame, class_names: list[str], output_dir: str,
                         options: EvaluationOptions = EvaluationOptions()) -> dict:
     """Score ``rows`` and write the evaluation files to ``output_dir``; returns the metrics."""
+    # scikit-learn loads here, not at import: the train and tune drivers import this module, and a run without
+    # test rows never evaluates.
+    from cars_ray.evaluate.metrics import class_confusion, classification_metrics, confused_pairs, per_class_report
+
     meta = read_meta(checkpoint_dir)
     check_classes(meta, class_names, options.source)
     labels, probs, paths = score_rows(checkpoint_dir, rows, options.tta, options.progress)

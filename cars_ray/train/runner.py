@@ -16,6 +16,7 @@ from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import CarsRayError, ConfigError
+from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
 from cars_ray.plots import training_curves_figure
 from cars_ray.preprocessing import Preprocessing
@@ -143,8 +144,6 @@ def finish(cfg: Config, output_dir: str, result, class_names: list[str], table: 
     test_metrics = None
     test_rows = table[table.split == "test"]
     if evaluate_test and len(test_rows):
-        from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint  # scikit-learn, when needed
-
         started = time.perf_counter()
         test_metrics = evaluate_checkpoint(best_dir, test_rows, class_names, os.path.join(output_dir, "evaluation"),
                                            EvaluationOptions(tta=cfg.train.eval_tta, title="test", progress=progress))

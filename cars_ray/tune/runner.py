@@ -15,6 +15,7 @@ from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ConfigError, Interrupted
+from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import write_csv, write_figure
 from cars_ray.plots import curves_figure, training_curves_figure
 from cars_ray.preprocessing import Preprocessing
@@ -116,8 +117,6 @@ def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_
     test_rows = table[table.split == "test"]
     test_metrics = None
     if len(test_rows):
-        from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint  # scikit-learn, when needed
-
         test_metrics = evaluate_checkpoint(best_dir, test_rows, class_names, os.path.join(output_dir, "evaluation"),
                                            EvaluationOptions(tta=cfg.train.eval_tta, title="test (best trial)"))
     write_report(output_dir, f"cars_ray search: {len(summary)} trials of {cfg.model.backbone}, {cfg.data.image_size} px")
