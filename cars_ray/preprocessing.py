@@ -24,7 +24,7 @@ from PIL import Image
 
 from cars_ray.config import Config
 from cars_ray.data.images import clamp_box, open_rgb
-from cars_ray.errors import CheckpointError
+from cars_ray.errors import CheckpointError, ImageError
 
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 RESIZE_MODES = ("squash", "shorter")  # squash: the whole crop to a square; shorter: short side, centre square
@@ -118,15 +118,25 @@ class Preprocessing:
         return self.resize_image(image)
 
     def resize_image(self, image: Image.Image) -> np.ndarray:
+        """An RGB image -> uint8 (resize, resize, 3); raises ImageError when Pillow cannot resize it.
+
+        ``shorter``: the short side scaled to ``resize`` and the centre square kept, computed as one
+        resize of that square's source region (Pillow's ``box``), so a long strip never materialises
+        a huge intermediate image: memory stays that of the output.
+        """
         resample = INTERPOLATIONS[self.interpolation]
+        box = None
         if self.resize_mode == "shorter":
             scale = self.resize / min(image.width, image.height)
             width, height = max(self.resize, round(image.width * scale)), max(self.resize, round(image.height * scale))
-            image = image.resize((width, height), resample, reducing_gap=3.0)
             left, top = (width - self.resize) // 2, (height - self.resize) // 2
-            image = image.crop((left, top, left + self.resize, top + self.resize))
-        else:
-            image = image.resize((self.resize, self.resize), resample, reducing_gap=3.0)
+            # The centre square of the resized image, in source pixels.
+            box = (left * image.width / width, top * image.height / height,
+                   (left + self.resize) * image.width / width, (top + self.resize) * image.height / height)
+        try:
+            image = image.resize((self.resize, self.resize), resample, box=box, reducing_gap=3.0)
+        except (ValueError, OverflowError, MemoryError) as err:
+            raise ImageError(f"unreadable: cannot resize {image.width}x{image.height} ({type(err).__name__}: {err})") from None
         return np.asarray(image, dtype=np.uint8)
 
     def eval_view(self, channels_last: bool = False):

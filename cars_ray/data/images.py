@@ -12,6 +12,7 @@ import os
 import warnings
 from typing import BinaryIO
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from cars_ray.errors import ImageError
@@ -19,6 +20,11 @@ from cars_ray.errors import ImageError
 # A truncated JPEG must be reported, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default bomb limit (about 0.25 GB of RGBA)
+# A photo of a car is never a strip: past this ratio of long to short side an image is refused from its
+# header, before its pixels are decoded (a 20,000,000 x 1 PNG of a few hundred bytes is under the pixel
+# limit, yet its resize to a model's input would need gigabytes).
+MAX_ASPECT_RATIO = 50
+EXIF_NOTE = "cars_ray_note"  # key in Image.info of a note about the decode (an unreadable EXIF block)
 
 
 def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int, int] | None = None,
@@ -26,7 +32,10 @@ def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int
     """Decode an image file or bytes to an upright RGB PIL image, or raise ImageError(reason).
 
     ``draft_size`` lets the JPEG decoder scale down by a power of two while decoding (much
-    faster for training inputs); it never goes below the requested size.
+    faster for training inputs); it never goes below the requested size. Images whose long side
+    exceeds :data:`MAX_ASPECT_RATIO` times the short side are refused before decoding. An EXIF block
+    that cannot be read leaves the image as stored, with a note in ``image.info[EXIF_NOTE]``.
+    Every colour mode becomes RGB as :func:`to_rgb` says.
     """
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
@@ -44,6 +53,9 @@ def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(f"too large: {width}x{height} pixels exceeds the limit of {max_pixels}")
+            if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+                raise ImageError(f"extreme aspect ratio: {width}x{height} pixels is longer than "
+                                 f"{MAX_ASPECT_RATIO}:1, the limit for a photo")
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", draft_size)
             image.load()
@@ -60,13 +72,51 @@ def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int
         raise ImageError(f"unreadable: {text}") from None
     except Exception as err:  # PIL raises assorted types (SyntaxError, ValueError) for corrupt data
         raise ImageError(f"unreadable: {type(err).__name__}: {err}") from None
-    return to_rgb(ImageOps.exif_transpose(image))
+    try:
+        turned = upright(image)
+        rgb = to_rgb(turned)
+        if EXIF_NOTE in turned.info:
+            rgb.info[EXIF_NOTE] = turned.info[EXIF_NOTE]
+        return rgb
+    except (OSError, ValueError, OverflowError, MemoryError) as err:  # a mode or size Pillow cannot convert
+        raise ImageError(f"unreadable: {type(err).__name__}: {err}") from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF Orientation says (Pillow's ``exif_transpose``).
+
+    A malformed EXIF block (a numeric tag holding text, a broken offset) makes Pillow raise while it
+    reads or rewrites the block: the image is then returned as stored, with the reason in
+    ``image.info[EXIF_NOTE]``, rather than losing the photo for its metadata.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as err:  # Pillow raises assorted types (SyntaxError, struct.error, TypeError) for bad EXIF
+        image.info[EXIF_NOTE] = f"EXIF block unreadable ({type(err).__name__}: {err}): orientation ignored"
+        return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any mode; transparency is composited on white so cut-outs don't turn black."""
+    """RGB from any mode; transparency is composited on white so cut-outs don't turn black.
+
+    Pillow's own conversions are right for ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``;
+    for the wide grey modes they clip, so they are scaled here first: ``I;16*`` by 1/257 (65535 ->
+    255); ``I`` (32-bit) likewise when any value exceeds 255 (16-bit data), else as 8-bit; ``F``
+    from [0, 1] when its values lie there, else as ``I``. 8-bit and 16-bit saves of one grey photo
+    decode within one grey level of each other.
+    """
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = float(values.max()) if values.size else 0.0
+        if image.mode == "F" and top <= 1.0:
+            values = values * 255.0
+        elif image.mode.startswith("I;16") or top > 255:
+            values = values / 257.0
+        grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+        grey.info.update(image.info)
+        return grey.convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -22,11 +22,14 @@ from typing import Callable, Iterator
 import numpy as np
 import scipy.io
 
+from cars_ray.data.files import (IMAGE_SUFFIXES, looks_numeric, normalise_name, normalise_rel_path, parse_label,
+                                 scan_folder)
 from cars_ray.data.manifest import UNLABELLED, Manifest, folder_to_class_index, make_table
 from cars_ray.errors import DataError
 
+__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "read_dataset", "detect_layout", "read_names_csv"]
+
 LAYOUTS = ("devkit", "kaggle", "car_ims", "folder", "csv")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 BOX_FIELDS = ("x1", "y1", "x2", "y2")
 
 
@@ -66,19 +69,34 @@ def detect_layout(root: Path) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def _class_folders(root: Path, ignored: list[dict] | None = None) -> list[Path]:
+    """Sub-folders of root that hold at least one image file directly (junk and dot-folders never do).
 
-
-def _class_folders(root: Path) -> list[Path]:
-    """Sub-folders of root that hold at least one image file directly."""
+    With ``ignored``, what the scan of root left out (junk, hidden, not UTF-8) is appended to it.
+    """
     if not root.is_dir():
         return []
-    folders = []
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and any(_is_image(f) for f in child.iterdir()):
-            folders.append(child)
-    return folders
+    scan = scan_folder(root)
+    if ignored is not None:
+        ignored += scan.ignored
+    return [folder for folder in scan.folders if scan_folder(folder).images]
+
+
+def _class_images(folder: Path, ignored: list[dict]) -> list[Path]:
+    """The images of one class folder; every other entry (junk, other extensions, sub-folders) goes to ``ignored``."""
+    scan = scan_folder(folder)
+    ignored += scan.ignored + scan.not_images
+    ignored += [{"path": str(sub), "reason": "ignored: a folder inside a class folder is not read"} for sub in scan.folders]
+    return scan.images
+
+
+def _class_of_folder(folder: Path, by_folder: dict[str, int], names_source: str) -> int:
+    """The class index of a class folder; a folder that matches no class name is an error, never a silent drop."""
+    index = by_folder.get(normalise_name(folder.name))
+    if index is None:
+        raise DataError(f"class folder {folder} matches no class name of {names_source} (names are compared "
+                        "after Unicode NFC normalisation and stripping spaces); rename the folder or add the class")
+    return index
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -182,16 +200,42 @@ class _RowMaker:
         }
 
 
-def _check_missing(rows: list[dict], problems: list, source_of: Callable[[dict], str]) -> list[dict]:
-    """Drop rows whose image is not on disk, recording each as a problem."""
-    kept = []
+def _check_missing(rows: list[dict], problems: list, source_of: Callable[[dict], str], listing: str) -> list[dict]:
+    """Drop rows whose image is not on disk, recording each as a problem.
+
+    When none or most (more than half) of the listed images are missing, the dataset is not where
+    ``listing`` (the annotation file or manifest) says: raise DataError in one sentence, naming the
+    folder one level down where the images were found, if they were.
+    """
+    kept, missing = [], []
     for row in rows:
         if os.path.exists(row["path"]):
             kept.append(row)
         else:
+            missing.append(row["path"])
             problems.append({"path": row["path"], "reason": "missing: annotated image is not on disk",
                              "source": source_of(row)})
+    if missing and len(missing) * 2 > len(rows):
+        hint = _found_elsewhere(missing)
+        where = (f"; they are one level down, in {hint} (unpack the archive one level up or point --root-dir there)"
+                 if hint else f"; the first is {missing[0]}")
+        raise DataError(f"{len(missing)} of the {len(rows)} images listed in {listing} are not on disk{where}")
     return kept
+
+
+def _found_elsewhere(missing: list[str], tries: int = 5) -> Path | None:
+    """The folder one level below where a missing image's path points (cars_train/cars_train/), if it is there."""
+    for text in missing[:tries]:
+        path = Path(text)
+        base = path.parent
+        while not base.is_dir() and base != base.parent:
+            base = base.parent
+        rest = path.relative_to(base)
+        for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+            for candidate in (sub / rest, sub / path.name):
+                if candidate.is_file():
+                    return candidate.parent
+    return None
 
 
 # ----------------------------------------------------------------------------- devkit
@@ -242,7 +286,7 @@ def read_devkit(root: Path) -> Manifest:
             if row:
                 row["_source"] = f"{anno.name}:{index}"
                 rows.append(row)
-    rows = _check_missing(rows, problems, lambda r: r["_source"])
+    rows = _check_missing(rows, problems, lambda r: r["_source"], f"the devkit annotations of {base}")
     for row in rows:
         row.pop("_source")
     return Manifest(make_table(rows), class_names, "devkit", str(base), notes, problems)
@@ -283,7 +327,7 @@ def read_car_ims(root: Path) -> Manifest:
         if row:
             row["_source"] = f"cars_annos.mat:{index}"
             rows.append(row)
-    rows = _check_missing(rows, problems, lambda r: r["_source"])
+    rows = _check_missing(rows, problems, lambda r: r["_source"], str(anno))
     for row in rows:
         row.pop("_source")
     return Manifest(make_table(rows), class_names, "car_ims", str(base), [], problems)
@@ -306,7 +350,7 @@ def _read_kaggle_annotations(path: Path) -> dict[str, tuple[int, tuple, str]]:
     """file name -> (line number, box, class id or None) from anno_train.csv / anno_test.csv."""
     result: dict[str, tuple[int, tuple, int | None]] = {}
     for line_no, fields in _csv_rows(path):
-        if line_no == 1 and not _looks_numeric(fields[1] if len(fields) > 1 else ""):
+        if line_no == 1 and not looks_numeric(fields[1] if len(fields) > 1 else ""):
             continue  # header row
         if len(fields) not in (5, 6):
             raise DataError(f"{path}:{line_no}: expected 'image,x1,y1,x2,y2[,class]', got {len(fields)} fields")
@@ -314,14 +358,6 @@ def _read_kaggle_annotations(path: Path) -> dict[str, tuple[int, tuple, str]]:
         class_id = _class_id(fields[5], path, line_no, "class") if len(fields) == 6 else None
         result[fields[0]] = (line_no, box, class_id)
     return result
-
-
-def _looks_numeric(value: str) -> bool:
-    try:
-        float(value)
-        return True
-    except ValueError:
-        return False
 
 
 def read_kaggle(root: Path) -> Manifest:
@@ -337,6 +373,7 @@ def read_kaggle(root: Path) -> Manifest:
     rows: list[dict] = []
     problems: list[dict] = []
     notes: list[str] = []
+    ignored: list[dict] = []
     make_row = _RowMaker(len(class_names), problems).row
     for split in ("train", "test"):
         split_dir = images / split
@@ -347,13 +384,9 @@ def read_kaggle(root: Path) -> Manifest:
         if not annotations:
             notes.append(f"no {anno_path.name}: {split} images are read without boxes")
         on_disk: set[str] = set()
-        for folder in _class_folders(split_dir):
-            if folder.name not in by_folder:
-                problems.append({"path": str(folder), "reason": f"unknown class folder {folder.name!r}",
-                                 "source": "names.csv"})
-                continue
-            folder_class = by_folder[folder.name]
-            for image in sorted(f for f in folder.iterdir() if _is_image(f)):
+        for folder in _class_folders(split_dir, ignored):
+            folder_class = _class_of_folder(folder, by_folder, str(anno_dir / "names.csv"))
+            for image in _class_images(folder, ignored):
                 on_disk.add(image.name)
                 line_no, box, class_id = annotations.get(image.name, (None, None, None))
                 source = f"{anno_path.name}:{line_no}" if line_no else f"{split}/{folder.name}"
@@ -367,7 +400,7 @@ def read_kaggle(root: Path) -> Manifest:
             if name not in on_disk:
                 problems.append({"path": str(split_dir / name), "source": f"{anno_path.name}:{line_no}",
                                  "reason": "missing: annotated image is not in any class folder"})
-    return Manifest(make_table(rows), class_names, "kaggle", str(images), notes, problems)
+    return Manifest(make_table(rows), class_names, "kaggle", str(images), notes, problems, ignored)
 
 
 # ----------------------------------------------------------------------------- folder
@@ -379,8 +412,15 @@ def find_names_file(root: Path) -> Path | None:
 
 
 def read_folder(root: Path) -> Manifest:
-    # Folders starting with "_" (such as the cropper's _unlabelled/) hold no class.
-    folders = [f for f in _class_folders(root) if not f.name.startswith("_")]
+    ignored: list[dict] = []
+    folders = []
+    for folder in _class_folders(root, ignored):
+        if folder.name.startswith("_"):  # such as the cropper's _unlabelled/: images without a class
+            ignored.append({"path": str(folder), "reason": "ignored: a folder starting with '_' holds no class"})
+        else:
+            folders.append(folder)
+    ignored += [{"path": str(image), "reason": "ignored: an image directly in the dataset root belongs to no class folder"}
+                for image in scan_folder(root).images]
     if not folders:
         raise DataError(f"folder layout not found in {root}: need <class>/<image> sub-folders with images")
     names_file = find_names_file(root)
@@ -389,19 +429,21 @@ def read_folder(root: Path) -> Manifest:
         class_names = read_names_csv(names_file)
     else:
         class_names = [f.name for f in folders]
+        spellings = [normalise_name(name) for name in class_names]
+        clash = next((name for name in class_names if spellings.count(normalise_name(name)) > 1), None)
+        if clash:
+            raise DataError(f"{root}: two class folders are spelled {normalise_name(clash)!r} after Unicode NFC "
+                            "normalisation and stripping spaces; merge or rename them")
         notes.append(f"no names.csv in {root} or its parent: classes are numbered in alphabetical folder order")
     by_folder = folder_to_class_index(class_names)
     rows: list[dict] = []
     problems: list[dict] = []
     make_row = _RowMaker(len(class_names), problems).row
     for folder in folders:
-        if folder.name not in by_folder:
-            problems.append({"path": str(folder), "reason": f"unknown class folder {folder.name!r}",
-                             "source": str(names_file)})
-            continue
-        for image in sorted(f for f in folder.iterdir() if _is_image(f)):
-            rows.append(make_row(image, f"{folder.name}/{image.name}", by_folder[folder.name] + 1, None, "", folder.name))
-    return Manifest(make_table(rows), class_names, "folder", str(root), notes, problems)
+        class_index = _class_of_folder(folder, by_folder, str(names_file))
+        for image in _class_images(folder, ignored):
+            rows.append(make_row(image, f"{folder.name}/{image.name}", class_index + 1, None, "", folder.name))
+    return Manifest(make_table(rows), class_names, "folder", str(root), notes, problems, ignored)
 
 
 # ----------------------------------------------------------------------------- csv
@@ -410,8 +452,14 @@ def read_folder(root: Path) -> Manifest:
 def read_csv_manifest(path: Path) -> Manifest:
     """A CSV manifest ``path,label[,x1,y1,x2,y2][,split]`` (``class_id`` is accepted for label).
 
-    Labels are 1-based class ids when every label is a whole number (class names then come from a
-    names.csv beside the file, or are "class_<id>"), otherwise class names.
+    Paths are relative to the manifest's folder (``\\`` and ``/`` are both separators) or absolute.
+    A label is a 1-based class id whatever its spelling (``3``, ``03``, ``3.0``, `` 3``), a class name
+    (of the names.csv beside the manifest when there is one; compared after NFC and stripping), or
+    "no label" (empty, ``-1``, ``NaN``, ``NA``, ``?``, ``none``): such rows are read as unlabelled,
+    counted and named in a note. Without a names.csv, classes are ``class_<id>`` for ids, or the
+    names sorted for names. Raises DataError naming the line for an id below 1 or above the
+    number of classes, a label that is neither a whole id nor a known name, or ids mixed with
+    names without a names.csv.
     """
     rows_iter = _csv_rows(path)
     try:
@@ -427,40 +475,55 @@ def read_csv_manifest(path: Path) -> Manifest:
     for line_no, fields in rows_iter:
         if len(fields) != len(header):
             raise DataError(f"{path}:{line_no}: expected {len(header)} fields, got {len(fields)}")
-        records.append((line_no, dict(zip(header, fields))))
-    labels = [rec[label_col] for _, rec in records]
-    numeric = all(label.isdigit() for label in labels if label)
+        record = dict(zip(header, fields))
+        records.append((line_no, record, parse_label(record[label_col])))
+    ids = [(line_no, label) for line_no, _, label in records if isinstance(label, int)]
+    names = [(line_no, label) for line_no, _, label in records if isinstance(label, str)]
+    for line_no, label in ids:
+        if label < 1:
+            raise DataError(f"{path}:{line_no}: class id {label} is below 1; class ids are 1-based as in the dataset "
+                            "(names.csv / cars_meta.mat order), and -1 or an empty cell marks an unlabelled image")
+    for line_no, label in names:
+        if looks_numeric(label):
+            raise DataError(f"{path}:{line_no}: label {label!r} is a number but not a whole class id")
     names_file = path.parent / "names.csv"
-    if numeric:
-        ids = {int(label) for label in labels if label}
-        if names_file.exists():
-            class_names = read_names_csv(names_file)
-        else:
-            class_names = [f"class_{i}" for i in range(1, max(ids, default=0) + 1)]
-        to_id = lambda label: int(label)  # noqa: E731
+    if names_file.exists():
+        class_names, names_source = read_names_csv(names_file), str(names_file)
+    elif ids and names:
+        raise DataError(f"{path}:{names[0][0]}: label {names[0][1]!r} is a class name but line {ids[0][0]} gives the "
+                        f"class id {ids[0][1]}; without a names.csv beside {path.name} the labels must be all ids or all names")
+    elif ids:
+        class_names, names_source = [f"class_{i}" for i in range(1, max(label for _, label in ids) + 1)], "the ids"
     else:
-        class_names = read_names_csv(names_file) if names_file.exists() else sorted({l for l in labels if l})
-        by_name = folder_to_class_index(class_names)
-        to_id = lambda label: by_name[label] + 1 if label in by_name else 0  # noqa: E731
-    rows, problems = [], []
-    make_row = _RowMaker(len(class_names), problems).row
-    for line_no, rec in records:
-        image = Path(rec["path"])
-        image = image if image.is_absolute() else path.parent / image
+        class_names, names_source = sorted({label for _, label in names}), "the labels"
+    by_name = folder_to_class_index(class_names)
+    rows, problems, unlabelled = [], [], []
+    for line_no, rec, label in records:
+        if isinstance(label, int) and label > len(class_names):
+            raise DataError(f"{path}:{line_no}: class id {label} is above {len(class_names)}, the number of classes "
+                            f"in {names_source}")
+        if isinstance(label, str):
+            if label not in by_name:
+                raise DataError(f"{path}:{line_no}: label {label!r} is neither a whole class id nor a class name "
+                                f"of {names_source}")
+            label = by_name[label] + 1
+        if label is None:
+            unlabelled.append(line_no)
+        rel = normalise_rel_path(rec["path"])
+        image = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         box = tuple(_number(rec[f], path, line_no, f) for f in BOX_FIELDS) if has_box and rec["x1"] else None
-        label = rec[label_col]
-        class_id = to_id(label) if label else None
-        if label and class_id == 0:
-            problems.append({"path": str(image), "reason": f"unknown class {label!r}", "source": f"{path.name}:{line_no}"})
-            continue
-        row = make_row(image, rec["path"], class_id, box, rec.get("split", ""), f"{path.name}:{line_no}")
-        if row:
-            row["_source"] = f"{path.name}:{line_no}"
-            rows.append(row)
-    rows = _check_missing(rows, problems, lambda r: r["_source"])
+        row = _RowMaker(len(class_names), problems).row(image, rel, label, box, rec.get("split", ""), f"{path.name}:{line_no}")
+        row["_source"] = f"{path.name}:{line_no}"
+        rows.append(row)
+    notes = []
+    if unlabelled:
+        lines = ", ".join(map(str, unlabelled[:10])) + (f" and {len(unlabelled) - 10} more" if len(unlabelled) > 10 else "")
+        notes.append(f"{len(unlabelled)} row(s) of {path.name} have no label (empty, -1, NaN, ?): read as unlabelled "
+                     f"(line(s) {lines})")
+    rows = _check_missing(rows, problems, lambda r: r["_source"], str(path))
     for row in rows:
         row.pop("_source")
-    return Manifest(make_table(rows), class_names, "csv", str(path.parent), [], problems)
+    return Manifest(make_table(rows), class_names, "csv", str(path.parent), notes, problems)
 
 
 READERS: dict[str, Callable[[Path], Manifest]] = {

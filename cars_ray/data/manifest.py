@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cars_ray.data.files import normalise_name
+
 MANIFEST_COLUMNS = ["path", "rel_path", "class_index", "x1", "y1", "x2", "y2", "orig_split"]
 UNLABELLED = -1
 
@@ -36,7 +38,8 @@ class Manifest:
     layout: str
     root: str
     notes: list[str] = field(default_factory=list)
-    problems: list[dict] = field(default_factory=list)
+    problems: list[dict] = field(default_factory=list)  # rows not taken: {"path", "reason", "source"}
+    ignored: list[dict] = field(default_factory=list)  # folder entries left out: {"path", "reason"} (junk, extension)
 
     @property
     def num_classes(self) -> int:
@@ -46,6 +49,20 @@ class Manifest:
         """Images per class name (labelled rows only), in class-index order."""
         counts = self.table.loc[self.table.class_index >= 0, "class_index"].value_counts()
         return {name: int(counts.get(i, 0)) for i, name in enumerate(self.class_names)}
+
+    def reading_summary(self, shown: int = 10) -> list[str]:
+        """Lines for the console: the notes, then every row not taken and every folder entry left out,
+        counted and (the first ``shown`` of each) named, so nothing of a user's data vanishes unsaid."""
+        lines = [f"note: {note}" for note in self.notes]
+        for items, what in ((self.problems, "annotated or listed item(s) not used"),
+                            (self.ignored, "folder entr(ies) ignored")):
+            if items:
+                lines.append(f"{len(items)} {what}:")
+                lines += [f"  {item['path']}: {item['reason']}" + (f" [{item['source']}]" if item.get("source") else "")
+                          for item in items[:shown]]
+                if len(items) > shown:
+                    lines.append(f"  ... and {len(items) - shown} more")
+        return lines
 
     def has_boxes(self) -> np.ndarray:
         return self.table[["x1", "y1", "x2", "y2"]].notna().all(axis=1).to_numpy()
@@ -64,9 +81,13 @@ def make_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def folder_to_class_index(class_names: list[str]) -> dict[str, int]:
-    """Map folder names (and the names themselves) back to class indices."""
+    """Map folder names (and the names themselves) back to class indices.
+
+    Keys are :func:`~cars_ray.data.files.normalise_name` spellings (NFC, stripped): look a folder or a
+    label up with ``mapping[normalise_name(text)]``, so a macOS (NFD) folder finds its names.csv entry.
+    """
     mapping: dict[str, int] = {}
     for index, name in enumerate(class_names):
-        mapping[name] = index
-        mapping[folder_name(name)] = index
+        mapping[normalise_name(name)] = index
+        mapping[normalise_name(folder_name(name))] = index
     return mapping
