@@ -52,10 +52,16 @@ def main(argv=None) -> int:
     report["images_per_second"] = round(report["num_images"] / elapsed, 1) if elapsed > 0 else None
     write_json(os.path.join(output_dir, "crop_report.json"), report)
     print(f"written {report['written']}, already present {report['already_present']}, "
-          f"skipped {report['skipped']} ({report['images_per_second']} images/s, Ray start "
+          f"skipped {report['skipped']} ({report['skipped_while_cropping']} while cropping, "
+          f"{report['skipped_while_reading']} while reading the annotations), ignored {report['ignored']} folder "
+          f"entr(ies) ({report['images_per_second']} images/s, Ray start "
           f"{report['seconds']['ray_start']} s not included); report: {args.output_dir}/crop_report.json")
     for item in report["skipped_items"][:20]:
         print(f"  skipped {item['path']}: {item['reason']}")
+    for item in report["ignored_items"][:20]:
+        print(f"  ignored {item['path']}: {item['reason']}")
+    for item in report["notes"][:20]:
+        print(f"  note {item['path']}: {item['note']}")
     if args.show_classes:
         cropped = read_dataset(output_dir, "folder")
         write_figure(os.path.join(output_dir, "samples.png"), samples_figure(cropped, args.show_classes))

@@ -109,15 +109,15 @@ def test_incomplete_devkit_names_missing_file(devkit_dataset):
         read_dataset(devkit_dataset, "devkit")
 
 
-def test_unknown_class_id_in_a_manifest_is_refused_naming_the_line(tmp_path):
-    # A manifest row is the user's own data: an id past names.csv is refused, never dropped.
+def test_unknown_class_id_is_a_problem(tmp_path):
     root = tmp_path / "c"
     make_image(root / "a.jpg")
     make_image(root / "b.jpg")
     write_names_csv(root / "names.csv")
     (root / "m.csv").write_text("path,label\na.jpg,1\nb.jpg,9\n")
-    with pytest.raises(DataError, match=r"m.csv:3: class id 9 is above 4"):
-        read_dataset(root / "m.csv")
+    manifest = read_dataset(root / "m.csv")
+    assert len(manifest.table) == 1
+    assert manifest.problems[0]["reason"] == "unknown class id 9"
 
 
 def test_folder_names_with_slash_round_trip(folder_dataset):

@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.images import clamp_box, open_rgb
+from cars_ray.data.images import EXIF_NOTE, clamp_box, open_rgb
 from cars_ray.data.manifest import Manifest, folder_name
 from cars_ray.errors import DataError, ImageError
 from cars_ray.outputs import write_atomic, write_csv
@@ -37,20 +37,41 @@ def plan_outputs(manifest: Manifest, output_dir: str) -> pd.DataFrame:
     folders = [
         folder_name(manifest.class_names[i]) if i >= 0 else UNLABELLED_FOLDER for i in table.class_index
     ]
-    names = [
-        f"{split}_{Path(p).stem}.jpg" if several_splits and split else f"{Path(p).stem}.jpg"
-        for p, split in zip(table.path, table.orig_split)
-    ]
-    table["out_rel"] = [f"{folder}/{name}" for folder, name in zip(folders, names)]
+    stems = [f"{split}_{Path(p).stem}" if several_splits and split else Path(p).stem
+             for p, split in zip(table.path, table.orig_split)]
+    table["out_rel"] = unique_names([f"{folder}/{stem}" for folder, stem in zip(folders, stems)],
+                                    [Path(p).suffix for p in table.path])
     table["out_path"] = [os.path.join(output_dir, rel) for rel in table.out_rel]
     table["row_id"] = range(len(table))  # the same file may be listed twice (e.g. two boxes)
     return table
 
 
+def unique_names(stems: list[str], suffixes: list[str]) -> list[str]:
+    """``<stem>.jpg`` per input, made unique (case-insensitively, as some file systems compare names).
+
+    The first input of a stem keeps ``<stem>.jpg`` (so an earlier crop's files are still found by
+    --resume); a later one with the same stem takes its own extension into the name (``car_png.jpg``
+    beside ``car.jpg``), then a counter (``car_2.jpg``, the same file listed with a second box).
+    """
+    taken: set[str] = set()
+    names = []
+    for stem, suffix in zip(stems, suffixes):
+        candidates = [f"{stem}.jpg", f"{stem}_{suffix.lstrip('.').lower()}.jpg"]
+        name = next((c for c in candidates if c.casefold() not in taken), None)
+        counter = 2
+        while name is None or name.casefold() in taken:
+            name, counter = f"{stem}_{counter}.jpg", counter + 1
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
 def crop_one(row: dict, margin: float) -> tuple[str, str, bytes]:
-    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``."""
+    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``;
+    a cropped image's reason holds the decode's note, if any (an unreadable EXIF block)."""
     try:
         image = open_rgb(row["path"])
+        note = image.info.get(EXIF_NOTE, "")
         if not np.isnan(row["x1"]):
             box = (row["x1"], row["y1"], row["x2"], row["y2"])
             image = image.crop(clamp_box(box, image.width, image.height, margin))
@@ -58,7 +79,7 @@ def crop_one(row: dict, margin: float) -> tuple[str, str, bytes]:
         return "skipped", str(err), b""
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=JPEG_QUALITY)
-    return "cropped", "", encoded.getvalue()
+    return "cropped", note, encoded.getvalue()
 
 
 def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
@@ -68,6 +89,10 @@ def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
         "status": [status for status, _, _ in results], "reason": [reason for _, reason, _ in results],
         "jpeg": [encoded for _, _, encoded in results],
     })
+
+
+def _with_note(saved: tuple[str, str], note: str) -> tuple[str, str]:
+    return saved if saved[1] or not note else (saved[0], note)
 
 
 def save_crop(path: str, encoded: bytes) -> tuple[str, str]:
@@ -107,7 +132,7 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
         crops = dataset_from_frame(todo[["row_id", "path", "x1", "y1", "x2", "y2"]], rows_per_block).map_batches(
             crop_batch, batch_format="pandas", batch_size=None, fn_kwargs={"margin": margin})
         for batch in crops.iter_batches(batch_format="pandas", batch_size=None):
-            saved = [save_crop(out_paths[row_id], encoded) if status == "cropped" else (status, reason)
+            saved = [_with_note(save_crop(out_paths[row_id], encoded), reason) if status == "cropped" else (status, reason)
                      for row_id, status, reason, encoded in zip(batch.row_id, batch.status, batch.reason, batch.jpeg)]
             outcomes.append(pd.DataFrame({"row_id": batch.row_id.to_numpy(), "status": [s for s, _ in saved],
                                           "reason": [r for _, r in saved]}))
@@ -127,8 +152,14 @@ def write_index_files(manifest: Manifest, results: pd.DataFrame, output_dir: str
 
 
 def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, margin: float) -> dict:
+    """The report: ``skipped`` counts every item of ``skipped_items`` (the images that could not be
+    cropped, and the annotated rows not read: ``skipped_while_reading``); ``notes`` lists written crops
+    with a remark (an EXIF block ignored); ``ignored`` the folder entries left out (junk, extensions)."""
     counts = results.status.value_counts()
     skipped = results[results.status == "skipped"]
+    noted = results[results.status.isin(["written"]) & (results.reason.fillna("") != "")]
+    items = ([{"path": p, "reason": r} for p, r in zip(skipped.path, skipped.reason)]
+             + [{"path": p["path"], "reason": p["reason"]} for p in manifest.problems])
     return {
         "output_dir": os.path.abspath(output_dir),
         "layout": manifest.layout,
@@ -136,9 +167,12 @@ def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, marg
         "num_images": int(len(results)),
         "written": int(counts.get("written", 0)),
         "already_present": int(counts.get("exists", 0)),
-        "skipped": int(counts.get("skipped", 0)),
-        "skipped_items": [
-            {"path": p, "reason": r} for p, r in zip(skipped.path, skipped.reason)
-        ] + [{"path": p["path"], "reason": p["reason"]} for p in manifest.problems],
+        "skipped": len(items),
+        "skipped_while_cropping": int(len(skipped)),
+        "skipped_while_reading": len(manifest.problems),
+        "skipped_items": items,
+        "notes": [{"path": p, "note": r} for p, r in zip(noted.path, noted.reason)],
+        "ignored": len(manifest.ignored),
+        "ignored_items": manifest.ignored,
         "reading_problems": len(manifest.problems),
     }

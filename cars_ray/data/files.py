@@ -79,13 +79,13 @@ def scan_folder(folder: Path) -> FolderScan:
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         reason = ignored_reason(entry.name)
         if reason:
-            scan.ignored.append({"path": printable(entry), "reason": f"ignored: {reason}"})
+            scan.ignored.append({"path": printable(entry), "reason": reason})
         elif entry.is_dir():
             scan.folders.append(entry)
         elif is_image_name(entry.name):
             scan.images.append(entry)
         elif entry.is_file():
-            scan.not_images.append({"path": str(entry), "reason": "ignored: extension is not one of "
+            scan.not_images.append({"path": str(entry), "reason": "extension is not one of "
                                                                   + " ".join(IMAGE_SUFFIXES)})
     return scan
 

@@ -86,7 +86,7 @@ def _class_images(folder: Path, ignored: list[dict]) -> list[Path]:
     """The images of one class folder; every other entry (junk, other extensions, sub-folders) goes to ``ignored``."""
     scan = scan_folder(folder)
     ignored += scan.ignored + scan.not_images
-    ignored += [{"path": str(sub), "reason": "ignored: a folder inside a class folder is not read"} for sub in scan.folders]
+    ignored += [{"path": str(sub), "reason": "a folder inside a class folder is not read"} for sub in scan.folders]
     return scan.images
 
 
@@ -416,10 +416,10 @@ def read_folder(root: Path) -> Manifest:
     folders = []
     for folder in _class_folders(root, ignored):
         if folder.name.startswith("_"):  # such as the cropper's _unlabelled/: images without a class
-            ignored.append({"path": str(folder), "reason": "ignored: a folder starting with '_' holds no class"})
+            ignored.append({"path": str(folder), "reason": "a folder starting with '_' holds no class"})
         else:
             folders.append(folder)
-    ignored += [{"path": str(image), "reason": "ignored: an image directly in the dataset root belongs to no class folder"}
+    ignored += [{"path": str(image), "reason": "an image directly in the dataset root belongs to no class folder"}
                 for image in scan_folder(root).images]
     if not folders:
         raise DataError(f"folder layout not found in {root}: need <class>/<image> sub-folders with images")
@@ -457,8 +457,8 @@ def read_csv_manifest(path: Path) -> Manifest:
     (of the names.csv beside the manifest when there is one; compared after NFC and stripping), or
     "no label" (empty, ``-1``, ``NaN``, ``NA``, ``?``, ``none``): such rows are read as unlabelled,
     counted and named in a note. Without a names.csv, classes are ``class_<id>`` for ids, or the
-    names sorted for names. Raises DataError naming the line for an id below 1 or above the
-    number of classes, a label that is neither a whole id nor a known name, or ids mixed with
+    names sorted for names; an id past the last class is a problem row (counted and named).
+    Raises DataError naming the line for an id below 1, a label that is neither a whole id nor a known name, or ids mixed with
     names without a names.csv.
     """
     rows_iter = _csv_rows(path)
@@ -498,10 +498,8 @@ def read_csv_manifest(path: Path) -> Manifest:
         class_names, names_source = sorted({label for _, label in names}), "the labels"
     by_name = folder_to_class_index(class_names)
     rows, problems, unlabelled = [], [], []
+    make_row = _RowMaker(len(class_names), problems).row
     for line_no, rec, label in records:
-        if isinstance(label, int) and label > len(class_names):
-            raise DataError(f"{path}:{line_no}: class id {label} is above {len(class_names)}, the number of classes "
-                            f"in {names_source}")
         if isinstance(label, str):
             if label not in by_name:
                 raise DataError(f"{path}:{line_no}: label {label!r} is neither a whole class id nor a class name "
@@ -512,9 +510,11 @@ def read_csv_manifest(path: Path) -> Manifest:
         rel = normalise_rel_path(rec["path"])
         image = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         box = tuple(_number(rec[f], path, line_no, f) for f in BOX_FIELDS) if has_box and rec["x1"] else None
-        row = _RowMaker(len(class_names), problems).row(image, rel, label, box, rec.get("split", ""), f"{path.name}:{line_no}")
-        row["_source"] = f"{path.name}:{line_no}"
-        rows.append(row)
+        # An id past the last class is kept as a problem (counted and named in every report), as in the other layouts.
+        row = make_row(image, rel, label, box, rec.get("split", ""), f"{path.name}:{line_no}")
+        if row:
+            row["_source"] = f"{path.name}:{line_no}"
+            rows.append(row)
     notes = []
     if unlabelled:
         lines = ", ".join(map(str, unlabelled[:10])) + (f" and {len(unlabelled) - 10} more" if len(unlabelled) > 10 else "")

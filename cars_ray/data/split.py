@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cars_ray.data.files import normalise_rel_path
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import DataError
 from cars_ray.outputs import write_csv
@@ -76,7 +77,12 @@ def split_warnings(split: pd.DataFrame, class_names: list[str], shown: int = 10)
 
 
 def read_split_file(path: str) -> pd.DataFrame:
-    """Read and validate a ``path,class_id,split`` file."""
+    """Read and validate a ``path,class_id,split`` file; paths come back normalised (``\\`` is a
+    separator, ``./a.jpg`` is ``a.jpg``).
+
+    Raises DataError naming the path and both lines when a path is listed twice (in two splits, or
+    the same row repeated): an image scored as test must never be a training image too.
+    """
     try:
         split = pd.read_csv(path, dtype={"path": str, "split": str})
     except FileNotFoundError:
@@ -90,6 +96,15 @@ def read_split_file(path: str) -> pd.DataFrame:
     if bad.any():
         line = int(np.flatnonzero(bad)[0]) + 2
         raise DataError(f"{path}:{line}: split {split.split[bad].iloc[0]!r} is not one of train, val, test")
+    split["path"] = [normalise_rel_path(p) if isinstance(p, str) else p for p in split.path]
+    repeated = split.path.duplicated(keep=False)
+    if repeated.any():
+        first = split.path[repeated].iloc[0]
+        lines = [int(i) + 2 for i in np.flatnonzero(split.path.to_numpy() == first)]  # line 1 is the header
+        where = split.split[split.path == first].tolist()
+        what = "in two splits" if len(set(where)) > 1 else "twice"
+        raise DataError(f"{path}:{lines[0]} and {path}:{lines[1]}: {first} is listed {what} ({where[0]}, {where[1]}); "
+                        "a split file lists each image once")
     return split
 
 
@@ -101,6 +116,14 @@ def apply_split(manifest: Manifest, split: pd.DataFrame, source: str) -> pd.Data
     if merged.empty:
         raise DataError(f"no image of {manifest.root} is named in split file {source} "
                         f"(paths there must be relative to {manifest.root})")
+    unmatched = sorted(set(split.path) - set(table.rel_path))
+    if len(unmatched) * 2 > len(split):
+        raise DataError(f"{len(unmatched)} of the {len(split)} rows of split file {source} name no labelled image of "
+                        f"{manifest.root}, the first {unmatched[0]} (paths there must be relative to {manifest.root})")
+    if unmatched:  # counted and named: a split row is never dropped unsaid
+        more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+        print(f"warning: {len(unmatched)} row(s) of split file {source} name no labelled image of {manifest.root} "
+              f"and are not used: {', '.join(unmatched[:5])}{more}")
     disagree = merged.class_id != merged.class_index + 1
     if disagree.any():
         row = merged[disagree].iloc[0]
