@@ -1,8 +1,11 @@
 """Inspect a Stanford Cars dataset in any layout: classes, counts, sizes and every problem.
 
-    python pipelines/inspect_data.py --root-dir R --output-dir O [--show-classes N] [--overwrite]
+    python pipelines/inspect_data.py --root-dir R --output-dir O [--split-file S] [--show-classes N] [--overwrite]
 
-Writes O/inspect.json and O/samples.png (one image per class for the first N classes). Exits 1,
+Writes O/inspect.json and O/samples.png (one image per class for the first N classes). The report
+lists every problem, every folder entry ignored (junk such as .ipynb_checkpoints, __MACOSX, .DS_Store,
+Thumbs.db; hidden files; names not valid UTF-8; other extensions) and every group of exact duplicates
+(identical bytes) within a class, across classes and, with --split-file, across splits. Exits 1,
 after writing the report, when the data cannot be trained on: no readable image, or a class
 without one. An O holding an earlier report is replaced only with --overwrite.
 """
@@ -15,6 +18,7 @@ import sys
 from cars_ray.cli import EXIT_FAILED, EXIT_OK, make_parser, run_main
 from cars_ray.data.inspection import format_summary, inspect_manifest, samples_figure, unusable_reasons
 from cars_ray.data.layouts import LAYOUTS, read_dataset
+from cars_ray.data.split import read_split_file
 from cars_ray.outputs import check_earlier_output, check_output_path, write_figure, write_json
 from cars_ray.runtime import add_ray_arguments, init_ray
 
@@ -26,16 +30,19 @@ def main(argv=None) -> int:
     parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
+    parser.add_argument("--split-file", default=None, help="a path,class_id,split file: report copies across its splits")
     parser.add_argument("--show-classes", type=int, default=20, help="classes in samples.png (default 20)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output-dir")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
     manifest = read_dataset(args.root_dir, args.layout)
-    output_dir = check_output_path(args.output_dir, "dir", [args.root_dir, manifest.root], "--output-dir")
+    split = read_split_file(args.split_file) if args.split_file else None
+    output_dir = check_output_path(args.output_dir, "dir", [args.root_dir, manifest.root]
+                                   + ([args.split_file] if args.split_file else []), "--output-dir")
     check_earlier_output(output_dir, INSPECT_OUTPUTS, False, args.overwrite, "--output-dir", can_resume=False)
     init_ray(args, os.path.join(output_dir, "logs"))
-    report = inspect_manifest(manifest)
+    report = inspect_manifest(manifest, split)
     print(format_summary(report))
     os.makedirs(output_dir, exist_ok=True)
     write_json(os.path.join(output_dir, "inspect.json"), report)

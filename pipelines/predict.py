@@ -4,7 +4,8 @@
                                 [--overwrite]
 
 One row per image: path, class_id, class_name, probability, topk (JSON), error. Unreadable
-inputs become rows with an error; they never stop the run. C may also be an exported .onnx file.
+inputs become rows with an error; they never stop the run. An --input that exists is taken
+literally (names with [ ] * ? spaces, a leading -, any script); one that does not is expanded as a glob. C may also be an exported .onnx file.
 The checkpoint and the output path are checked before any inference starts; an existing output
 file is replaced only with --overwrite.
 """
@@ -12,12 +13,26 @@ file is replaced only with --overwrite.
 from __future__ import annotations
 
 import os
+import sys
 
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
 from cars_ray.evaluate.predictor import backend_info
 from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
 from cars_ray.runtime import add_ray_arguments, init_ray
+
+
+def literal_input_paths(argv: list[str]) -> list[str]:
+    """argv with each existing file after --input whose name starts with "-" written as "./-name":
+    argparse would read it as an option, yet a path that exists is always taken as a path."""
+    result, in_input = [], False
+    for token in argv:
+        if in_input and token.startswith("-") and token != "-" and os.path.exists(token):
+            token = os.path.join(".", token)
+        elif token.startswith("-"):
+            in_input = token == "--input"
+        result.append(token)
+    return result
 
 
 def main(argv=None) -> int:
@@ -29,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     add_ray_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(literal_input_paths(sys.argv[1:] if argv is None else list(argv)))
 
     backend_info(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
     paths = expand_inputs(args.input)

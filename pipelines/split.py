@@ -1,12 +1,15 @@
 """Write a seeded, per-class stratified train/val/test split file (path,class_id,split).
 
     python pipelines/split.py --root-dir R --out split.csv [--val 0.1] [--test 0.2] [--seed 0]
-                              [--protocol random|official] [--overwrite]
+                              [--protocol random|official] [--drop-duplicates] [--overwrite]
 
 The same inputs give a byte-identical file. `official` keeps the dataset's own test images
 as test and carves validation from its training images. An existing --out file is replaced only
 with --overwrite, and never when it is one of the inputs. Classes too small to give a
-validation or test row are named in a warning.
+validation or test row are named in a warning. Exact copies of an image (identical bytes) always land
+in one split; --drop-duplicates keeps only the first copy (by path) of each, counting and naming the
+rest. Rows of the data that are not split (unlabelled, unreadable annotations, ignored files) are
+counted and named on the console.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import os
 
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
 from cars_ray.data.layouts import LAYOUTS, read_dataset
-from cars_ray.data.split import PROTOCOLS, split_warnings, stratified_split, write_split
+from cars_ray.data.split import (PROTOCOLS, drop_duplicates, exact_duplicates, keep_copies_together, split_warnings,
+                                 stratified_split, write_split)
 from cars_ray.outputs import check_earlier_output, check_output_path
 
 
@@ -28,6 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--test", type=float, default=0.2, help="test fraction per class, random protocol (default 0.2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--protocol", default="random", choices=PROTOCOLS)
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="leave out the second and later exact copy (identical bytes) of each image")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
     check_number(args.val, "--val", 0, 1)
@@ -37,7 +43,19 @@ def main(argv=None) -> int:
     out = check_output_path(args.out, "file", [args.root_dir, manifest.root], "--out")
     check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
                          can_resume=False)
+    for line in manifest.reading_summary():
+        print(line)
+    groups = exact_duplicates(manifest)
+    if groups and args.drop_duplicates:
+        manifest, dropped = drop_duplicates(manifest, groups)
+        print(f"dropped {len(dropped)} exact duplicate(s) of {len(groups)} image(s) (the first copy by path kept): "
+              + ", ".join(dropped[:10]) + (f" and {len(dropped) - 10} more" if len(dropped) > 10 else ""))
+        groups = []
     split = stratified_split(manifest, args.val, args.test, args.seed, args.protocol)
+    if groups:
+        split, moved = keep_copies_together(split, groups)
+        print(f"{len(groups)} group(s) of exact duplicates kept in one split each ({moved} row(s) moved, swapped with "
+              "an image of the same class so per-class counts hold); --drop-duplicates leaves the copies out")
     for warning in split_warnings(split, manifest.class_names):
         print(f"warning: {warning}")
     write_split(split, out)

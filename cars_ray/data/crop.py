@@ -40,28 +40,31 @@ def plan_outputs(manifest: Manifest, output_dir: str) -> pd.DataFrame:
     stems = [f"{split}_{Path(p).stem}" if several_splits and split else Path(p).stem
              for p, split in zip(table.path, table.orig_split)]
     table["out_rel"] = unique_names([f"{folder}/{stem}" for folder, stem in zip(folders, stems)],
-                                    [Path(p).suffix for p in table.path])
+                                    [Path(p).suffix for p in table.path], list(table.path))
     table["out_path"] = [os.path.join(output_dir, rel) for rel in table.out_rel]
     table["row_id"] = range(len(table))  # the same file may be listed twice (e.g. two boxes)
     return table
 
 
-def unique_names(stems: list[str], suffixes: list[str]) -> list[str]:
-    """``<stem>.jpg`` per input, made unique (case-insensitively, as some file systems compare names).
+def unique_names(stems: list[str], suffixes: list[str], sources: list[str]) -> list[str]:
+    """``<stem>.jpg`` per input row, made unique (case-insensitively, as some file systems compare names).
 
-    The first input of a stem keeps ``<stem>.jpg`` (so an earlier crop's files are still found by
-    --resume); a later one with the same stem takes its own extension into the name (``car_png.jpg``
-    beside ``car.jpg``), then a counter (``car_2.jpg``, the same file listed with a second box).
+    The first row of a stem keeps ``<stem>.jpg`` (so an earlier crop's files are still found by
+    --resume); another file with the same stem takes its own extension into the name (``car_png.jpg``
+    beside ``car.jpg``); a file listed again (a second box) and any remaining clash take a counter
+    (``car_2.jpg``).
     """
     taken: set[str] = set()
+    seen_sources: set[str] = set()
     names = []
-    for stem, suffix in zip(stems, suffixes):
-        candidates = [f"{stem}.jpg", f"{stem}_{suffix.lstrip('.').lower()}.jpg"]
+    for stem, suffix, source in zip(stems, suffixes, sources):
+        candidates = [f"{stem}.jpg"] + ([f"{stem}_{suffix.lstrip('.').lower()}.jpg"] if source not in seen_sources else [])
         name = next((c for c in candidates if c.casefold() not in taken), None)
         counter = 2
         while name is None or name.casefold() in taken:
             name, counter = f"{stem}_{counter}.jpg", counter + 1
         taken.add(name.casefold())
+        seen_sources.add(source)
         names.append(name)
     return names
 

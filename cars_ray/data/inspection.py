@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.images import box_problem, clamp_box, open_rgb
+from cars_ray.data.files import content_hash, duplicate_groups
+from cars_ray.data.images import EXIF_NOTE, box_problem, clamp_box, open_rgb
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ImageError
 from cars_ray.plots import sample_grid
@@ -17,29 +18,65 @@ ROWS_PER_BLOCK = 128
 
 
 def check_batch(batch: pd.DataFrame) -> pd.DataFrame:
-    """Decode each image fully (so truncation shows) and check its box against its size."""
-    widths, heights, reasons = [], [], []
+    """Decode each image fully (so truncation shows), check its box against its size, hash its bytes.
+
+    Columns: path, width, height (-1 when unreadable), reason (a problem, or ""), note (a remark on
+    a readable image, such as an EXIF block ignored, or ""), sha256 (hex of the file's bytes, "" when
+    the file cannot be read).
+    """
+    widths, heights, reasons, notes, hashes = [], [], [], [], []
     for row in batch.to_dict("records"):
+        try:
+            hashes.append(content_hash(row["path"]))
+        except OSError:
+            hashes.append("")
         try:
             image = open_rgb(row["path"])
         except ImageError as err:
-            widths.append(-1), heights.append(-1), reasons.append(str(err))
+            widths.append(-1), heights.append(-1), reasons.append(str(err)), notes.append("")
             continue
-        widths.append(image.width), heights.append(image.height)
+        widths.append(image.width), heights.append(image.height), notes.append(image.info.get(EXIF_NOTE, ""))
         box = (row["x1"], row["y1"], row["x2"], row["y2"])
         reasons.append("" if math.isnan(box[0]) else (box_problem(box, image.width, image.height) or ""))
-    return pd.DataFrame({"path": batch["path"].to_numpy(), "width": widths, "height": heights, "reason": reasons})
+    return pd.DataFrame({"path": batch["path"].to_numpy(), "width": widths, "height": heights, "reason": reasons,
+                         "note": notes, "sha256": hashes})
 
 
-def inspect_manifest(manifest: Manifest) -> dict:
-    """The inspection report as a JSON-ready dict."""
+def find_duplicates(manifest: Manifest, checked: pd.DataFrame, split: pd.DataFrame | None = None) -> list[dict]:
+    """Groups of exact copies (identical bytes) among the manifest's images, each with its kinds.
+
+    Each group: ``paths`` (sorted), ``sha256``, ``classes`` (class names, "" for unlabelled),
+    ``splits`` (from ``split``, a ``path,class_id,split`` table, when given; "" for a path it lacks)
+    and ``kinds``: "within a class", "across classes", "across splits" (one or more).
+    """
+    hashes = dict(zip(checked.path, checked.sha256))
+    table = manifest.table
+    groups = duplicate_groups(table.path, [hashes.get(p, "") for p in table.path])
+    class_of = dict(zip(table.path, table.class_index))
+    rel_of = dict(zip(table.path, table.rel_path))
+    split_of = dict(zip(split.path, split.split)) if split is not None else {}
+    found = []
+    for group in groups:
+        classes = [manifest.class_names[class_of[p]] if class_of[p] >= 0 else "" for p in group]
+        splits = [split_of.get(rel_of[p], "") for p in group] if split is not None else []
+        kinds = ["across classes" if len(set(classes)) > 1 else "within a class"]
+        if len({s for s in splits if s}) > 1:
+            kinds.append("across splits")
+        found.append({"paths": group, "sha256": hashes[group[0]], "classes": classes, "splits": splits, "kinds": kinds})
+    return found
+
+
+def inspect_manifest(manifest: Manifest, split: pd.DataFrame | None = None) -> dict:
+    """The inspection report as a JSON-ready dict; ``split`` (a read split file) adds its splits to the
+    exact duplicates found, so copies of one image in two splits show."""
     table = manifest.table
     columns = ["path", "x1", "y1", "x2", "y2"]
     checked = (dataset_from_frame(table[columns], ROWS_PER_BLOCK)
                .map_batches(check_batch, batch_format="pandas", batch_size=None).to_pandas()
-               if len(table) else pd.DataFrame(columns=["path", "width", "height", "reason"]))
+               if len(table) else pd.DataFrame(columns=["path", "width", "height", "reason", "note", "sha256"]))
     problems = [{"path": p, "reason": r, "source": "image"} for p, r in zip(checked.path, checked.reason) if r]
     problems += manifest.problems
+    duplicates = find_duplicates(manifest, checked, split)
     readable = checked[checked.width > 0]
     per_class = manifest.class_counts()
     counts = np.array(list(per_class.values())) if per_class else np.zeros(1)
@@ -58,6 +95,11 @@ def inspect_manifest(manifest: Manifest) -> dict:
         "problems": problems,
         "problem_counts": pd.Series([p["reason"].split(":")[0] for p in problems], dtype=str).value_counts().to_dict(),
         "notes": manifest.notes,
+        "image_notes": [{"path": p, "note": n} for p, n in zip(checked.path, checked.note) if n],
+        "ignored": manifest.ignored,
+        "duplicates": duplicates,
+        "duplicate_counts": {kind: sum(kind in g["kinds"] for g in duplicates)
+                             for kind in ("within a class", "across classes", "across splits")},
         "num_readable": int(len(readable)),
         "classes_without_readable_images": _classes_without_readable(manifest, set(readable.path)),
     }
@@ -104,6 +146,22 @@ def format_summary(report: dict, max_problems: int = 20) -> str:
         lines.append(f"image width : min {size['width']['min']}, median {size['width']['median']:g}, max {size['width']['max']}")
         lines.append(f"image height: min {size['height']['min']}, median {size['height']['median']:g}, max {size['height']['max']}")
     lines += [f"note        : {note}" for note in report["notes"]]
+    lines += [f"note        : {item['path']}: {item['note']}" for item in report["image_notes"][:max_problems]]
+    ignored = report["ignored"]
+    lines.append(f"ignored     : {len(ignored)} folder entr(ies) (junk, hidden, not UTF-8, other extensions)")
+    lines += [f"  - {item['path']}: {item['reason']}" for item in ignored[:max_problems]]
+    if len(ignored) > max_problems:
+        lines.append(f"  ... and {len(ignored) - max_problems} more (all listed in inspect.json)")
+    duplicates, kinds = report["duplicates"], report["duplicate_counts"]
+    lines.append(f"duplicates  : {len(duplicates)} group(s) of exact copies ({sum(len(g['paths']) for g in duplicates)} "
+                 f"files; {kinds['within a class']} within a class, {kinds['across classes']} across classes, "
+                 f"{kinds['across splits']} across splits)")
+    for group in duplicates[:max_problems]:
+        where = [f"{p} [{c or 'unlabelled'}{', ' + s if s else ''}]"
+                 for p, c, s in zip(group["paths"], group["classes"], group["splits"] or [""] * len(group["paths"]))]
+        lines.append(f"  - {' = '.join(where)} ({', '.join(group['kinds'])})")
+    if len(duplicates) > max_problems:
+        lines.append(f"  ... and {len(duplicates) - max_problems} more (all listed in inspect.json)")
     problems = report["problems"]
     lines.append(f"problems    : {len(problems)} {report['problem_counts'] if problems else ''}".rstrip())
     lines += [f"  - {p['path']}: {p['reason']} [{p.get('source', '')}]" for p in problems[:max_problems]]

@@ -6,10 +6,13 @@ with ``path`` relative to the image root and ``class_id`` 1-based.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 import pandas as pd
 
-from cars_ray.data.files import normalise_rel_path
+from cars_ray.data.files import content_hash, duplicate_groups, normalise_rel_path
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import DataError
 from cars_ray.outputs import write_csv
@@ -130,3 +133,47 @@ def apply_split(manifest: Manifest, split: pd.DataFrame, source: str) -> pd.Data
         raise DataError(f"split file {source}: {row.rel_path} has class_id {row.class_id} but the dataset "
                         f"labels it {row.class_index + 1}")
     return merged.drop(columns=["class_id"])
+
+
+def exact_duplicates(manifest: Manifest) -> list[list[str]]:
+    """Groups of ``rel_path`` (sorted) of the labelled images whose bytes are identical (SHA-256)."""
+    table = manifest.table[manifest.table.class_index >= 0]
+    hashes = [content_hash(p) if os.path.isfile(p) else "" for p in table.path]
+    return duplicate_groups(table.rel_path, hashes)
+
+
+def drop_duplicates(manifest: Manifest, groups: list[list[str]]) -> tuple[Manifest, list[str]]:
+    """The manifest without the second and later copy of each group (the first by path is kept), and the
+    dropped ``rel_path`` values, for the caller to count and name."""
+    dropped = [path for group in groups for path in group[1:]]
+    table = manifest.table[~manifest.table.rel_path.isin(dropped)].reset_index(drop=True)
+    return dataclasses.replace(manifest, table=table), dropped
+
+
+def keep_copies_together(split: pd.DataFrame, groups: list[list[str]]) -> tuple[pd.DataFrame, int]:
+    """Put every copy of an image in the split of its first copy (by path): (new split table, rows moved).
+
+    A copy moved into a split swaps places with the first (by path) image of its own class in that
+    split that has no copy, so every class keeps its per-split counts; where no such image exists the
+    copy just moves. Deterministic: the same split and groups give the same result.
+    """
+    split = split.copy()
+    position = {path: i for i, path in enumerate(split.path)}
+    in_group = {path for group in groups for path in group}
+    moved = 0
+    for group in groups:
+        members = [position[p] for p in group if p in position]
+        if len(members) < 2:
+            continue
+        target = split.split.iat[members[0]]
+        for row in members[1:]:
+            old = split.split.iat[row]
+            if old == target:
+                continue
+            partners = split.index[(split.class_id == split.class_id.iat[row]) & (split.split == target)
+                                   & ~split.path.isin(in_group)]
+            if len(partners):
+                split.loc[partners[0], "split"] = old
+            split.iat[row, split.columns.get_loc("split")] = target
+            moved += 1
+    return split, moved

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.layouts import IMAGE_SUFFIXES
+from cars_ray.data.files import ignored_reason, is_image_name, printable
 from cars_ray.errors import DataError, ImageError
 from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.preprocessing import Preprocessing
@@ -20,21 +20,45 @@ ROWS_PER_BLOCK = 64
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files as given, folders walked for images, globs expanded; order kept, duplicates dropped."""
+    """Paths to predict from ``--input`` items; order kept, duplicates dropped.
+
+    An item that exists is taken literally, before any glob expansion (``car [1].jpg``, ``a*.jpg``
+    as real names); a folder is walked for images (:data:`~cars_ray.data.files.IMAGE_SUFFIXES`, any
+    case; junk and dot-folders skipped, as every folder scan does); an item that does not exist but
+    has glob characters is expanded; anything else, or a glob matching nothing, is kept as given so
+    it becomes a row with an error, never a silent drop. Names that are not valid UTF-8 cannot be
+    carried through Arrow or the CSV output: they are left out, counted and named on the console.
+    Raises DataError when nothing is left.
+    """
     paths: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
-            for folder, _, files in sorted(os.walk(item)):
-                paths += [os.path.join(folder, f) for f in sorted(files) if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
-        elif any(ch in item for ch in "*?["):
-            paths += sorted(glob.glob(item, recursive=True))
+            for folder, subfolders, files in os.walk(item):
+                subfolders[:] = sorted(d for d in subfolders if not ignored_reason(d))
+                paths += [os.path.join(folder, f) for f in sorted(files) if is_image_name(f) and not ignored_reason(f)]
+        elif not os.path.exists(item) and glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            paths += matches or [item]  # a glob matching nothing becomes an error row naming it
         else:
-            paths.append(item)  # a missing file becomes a row with an error, not a crash
+            paths.append(item)  # a file (whatever characters its name has), or a missing one: an error row
     seen = set()
     unique = [p for p in paths if not (p in seen or seen.add(p))]
+    unusable = [p for p in unique if not _utf8(p)]
+    if unusable:
+        print(f"warning: {len(unusable)} input(s) left out, their names are not valid UTF-8: "
+              + ", ".join(printable(p) for p in unusable[:10]) + (" ..." if len(unusable) > 10 else ""))
+        unique = [p for p in unique if _utf8(p)]
     if not unique:
-        raise DataError(f"no images found in {', '.join(inputs)}")
+        raise DataError(f"no images found in {', '.join(printable(i) for i in inputs)}")
     return unique
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def decode_for_prediction(batch: pd.DataFrame, preprocessing: Preprocessing) -> dict[str, np.ndarray]:

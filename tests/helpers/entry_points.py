@@ -66,6 +66,6 @@ def tree_hash(*paths: str | os.PathLike) -> str:
             continue
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for file in files:
-            digest.update(str(file).encode())
+            digest.update(os.fsencode(file))  # names need not be valid UTF-8
             digest.update(file.read_bytes())
     return digest.hexdigest()
