@@ -87,6 +87,8 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     note(f"[cars_ray] {manifest.layout} data at {manifest.root}: {manifest.num_classes} classes; "
          + ", ".join(f"{name} {int((table.split == name).sum())}" for name in ("train", "val", "test"))
          + f"; {cfg.model.backbone} at {cfg.data.image_size} px on {device}", progress)
+    for line in manifest.reading_summary(shown=5):  # rows not trained on are counted and named
+        note(f"[cars_ray] {line}", progress)
     started = time.perf_counter()
     datasets = build_training_datasets(table, preprocessing, cfg.data, progress)
     check_full_batches(cfg, datasets["train"].count(), "the readable training images")
