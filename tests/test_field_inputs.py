@@ -620,3 +620,33 @@ def test_crop_keeps_every_input_and_counts_agree(ray_local, tmp_path):
     assert [Path(n["path"]).name for n in report["notes"]] == ["exif.jpg"]
     assert "skipped 1 (0 while cropping, 1 while reading the annotations)" in out
     assert tree_hash(root) == before
+
+
+def test_predict_answers_every_field_input(ray_local, tmp_path, monkeypatch):
+    """predict.py over the field's files: 8-bit and 16-bit grey of one photo get the same answer; a malformed
+    EXIF, glob characters, a leading dash and non-ASCII are read; a strip is an error row; nothing stops the run."""
+    from helpers.data import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "c")
+    photos = _mkdir(tmp_path / "in")
+    big = np.kron(GREY, np.ones((2, 2), np.uint8))  # 128 x 96, so both decode through the same resize
+    Image.fromarray(big).save(photos / "grey8.png")
+    Image.fromarray(big.astype(np.uint16) * 257).save(photos / "grey16.png")
+    malformed_exif_jpeg(photos / "exif.jpg")
+    for name in ("car [1].jpg", "-lead.jpg", "Citroën 車.jpg"):
+        make_image(photos / name, (64, 48))
+    (photos / "strip.png").write_bytes(strip_png(32000, 1))
+    before = tree_hash(photos)
+    inputs = [str(photos / n) for n in ("grey8.png", "grey16.png", "exif.jpg", "car [1].jpg", "Citroën 車.jpg",
+                                        "strip.png")]
+    monkeypatch.chdir(photos)  # "-lead.jpg" as a user types it: argparse alone would take it for an option
+    code, out, err = call_pipeline("predict.py", "--checkpoint", str(checkpoint), "--input", *inputs,
+                                   "-lead.jpg", "--output", str(tmp_path / "p.csv"))
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    frame = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("path")
+    assert list(frame.index) == inputs + ["./-lead.jpg"]
+    assert frame.class_id[inputs[0]] == frame.class_id[inputs[1]]
+    assert abs(float(frame.probability[inputs[0]]) - float(frame.probability[inputs[1]])) < 0.01
+    assert frame.error[inputs[5]].startswith("extreme aspect ratio: 32000x1 pixels")
+    assert (frame.error[inputs[:5]] == "").all() and frame.error["./-lead.jpg"] == ""
+    assert tree_hash(photos) == before

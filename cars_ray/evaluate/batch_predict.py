@@ -41,8 +41,8 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             paths += matches or [item]  # a glob matching nothing becomes an error row naming it
         else:
             paths.append(item)  # a file (whatever characters its name has), or a missing one: an error row
-    seen = set()
-    unique = [p for p in paths if not (p in seen or seen.add(p))]
+    seen = set()  # one file given twice (a.jpg and ./a.jpg) is predicted once, under its first spelling
+    unique = [p for p in paths if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
     unusable = [p for p in unique if not _utf8(p)]
     if unusable:
         print(f"warning: {len(unusable)} input(s) left out, their names are not valid UTF-8: "
@@ -80,6 +80,10 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
     topk = min(5, len(class_names)) if topk is None else topk
     if not 1 <= topk <= len(class_names):
         raise DataError(f"--topk must be from 1 to {len(class_names)}, got {topk}")
+    # Ray's workers need not share the driver's working folder: they read absolute paths, and the rows
+    # come back under the paths as the user gave them.
+    given = {os.path.abspath(p): p for p in paths}
+    paths = list(given)
     if paths:
         check_shared_input(paths[0], "the input")
     decoded = dataset_from_frame(pd.DataFrame({"path": paths}), ROWS_PER_BLOCK).map_batches(
@@ -89,7 +93,7 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
         for path, error, probs in zip(batch["path"], batch["error"], batch["probs"]):
             order = np.argsort(-probs)[:topk]
             rows.append({
-                "path": path,
+                "path": given[path],
                 "class_id": int(order[0]) + 1 if not error else None,
                 "class_name": class_names[order[0]] if not error else "",
                 "probability": float(probs[order[0]]) if not error else None,
@@ -97,6 +101,6 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
                                      "probability": round(float(probs[i]), 6)} for i in order]) if not error else "",
                 "error": error,
             })
-    order = {p: i for i, p in enumerate(paths)}
+    order = {given[p]: i for i, p in enumerate(paths)}
     frame = pd.DataFrame(rows).sort_values("path", key=lambda s: s.map(order)).reset_index(drop=True)
     return frame.astype({"class_id": "Int64"})  # whole numbers; empty for unreadable inputs
