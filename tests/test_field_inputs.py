@@ -400,6 +400,15 @@ def test_nfd_folder_matches_its_nfc_name(tmp_path):
     assert sorted(manifest.table.class_index.tolist()) == [0, 0, 1, 1, 2, 2]
 
 
+@pytest.mark.parametrize("names", [["Citroën C6", unicodedata.normalize("NFD", "Citroën C6")], ["A B", " A B"],
+                                   ["Ram C/V", "Ram C-V"]])
+def test_two_class_names_of_one_spelling_are_refused(tmp_path, names):
+    write_names_csv(tmp_path / "names.csv", names + ["Other"])
+    make_image(tmp_path / "Other" / "a.jpg", (16, 12))
+    with pytest.raises(DataError, match=r"\(id 1\) and .* \(id 2\) are one name or folder after Unicode NFC"):
+        read_dataset(tmp_path)
+
+
 def test_a_class_folder_matching_no_name_is_an_error(tmp_path):
     write_names_csv(tmp_path / "names.csv", ["Alpha Sedan 2010"])
     make_image(tmp_path / "Alpha Sedan 2010" / "a.jpg", (16, 12))
@@ -552,6 +561,19 @@ def test_a_split_file_listing_a_path_twice_is_refused(tmp_path, rows, sentence):
         read_split_file(str(path))
     assert str(refused.value) == f"{path}:" + sentence.format(s=path).split(":", 1)[1] + \
         "; a split file lists each image once"
+
+
+def test_evaluation_inputs_with_a_doubled_split_row_stop_before_ray(tmp_path):
+    root = duplicates_dataset(tmp_path / "d")
+    split = tmp_path / "split.csv"
+    split.write_text("path,class_id,split\nAlpha/0.jpg,1,train\nBeta/1.jpg,2,val\n./Alpha/0.jpg,1,test\n")
+    before = tree_hash(root, split)
+    code, _, err = call_pipeline("inspect_data.py", "--root-dir", str(root), "--split-file", str(split),
+                                 "--output-dir", str(tmp_path / "i"))
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"error: {split}:2 and {split}:4: Alpha/0.jpg is listed in two splits "
+                                            "(train, test); a split file lists each image once")
+    assert tree_hash(root, split) == before and not (tmp_path / "i").exists()
 
 
 def test_split_file_paths_are_normalised():

@@ -429,11 +429,6 @@ def read_folder(root: Path) -> Manifest:
         class_names = read_names_csv(names_file)
     else:
         class_names = [f.name for f in folders]
-        spellings = [normalise_name(name) for name in class_names]
-        clash = next((name for name in class_names if spellings.count(normalise_name(name)) > 1), None)
-        if clash:
-            raise DataError(f"{root}: two class folders are spelled {normalise_name(clash)!r} after Unicode NFC "
-                            "normalisation and stripping spaces; merge or rename them")
         notes.append(f"no names.csv in {root} or its parent: classes are numbered in alphabetical folder order")
     by_folder = folder_to_class_index(class_names)
     rows: list[dict] = []

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.files import normalise_name
+from cars_ray.errors import DataError
 
 MANIFEST_COLUMNS = ["path", "rel_path", "class_index", "x1", "y1", "x2", "y2", "orig_split"]
 UNLABELLED = -1
@@ -85,9 +86,14 @@ def folder_to_class_index(class_names: list[str]) -> dict[str, int]:
 
     Keys are :func:`~cars_ray.data.files.normalise_name` spellings (NFC, stripped): look a folder or a
     label up with ``mapping[normalise_name(text)]``, so a macOS (NFD) folder finds its names.csv entry.
+    Raises DataError when two class names (or their folders) are one spelling: their images would merge.
     """
     mapping: dict[str, int] = {}
     for index, name in enumerate(class_names):
-        mapping[normalise_name(name)] = index
-        mapping[normalise_name(folder_name(name))] = index
+        for key in {normalise_name(name), normalise_name(folder_name(name))}:
+            if mapping.get(key, index) != index:
+                raise DataError(f"class names {class_names[mapping[key]]!r} (id {mapping[key] + 1}) and {name!r} "
+                                f"(id {index + 1}) are one name or folder after Unicode NFC normalisation and "
+                                "stripping spaces; their images would merge")
+            mapping[key] = index
     return mapping
