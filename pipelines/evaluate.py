@@ -59,6 +59,10 @@ def main(argv=None) -> int:
                                       EvaluationOptions(tta=args.tta, title=title, source=args.root_dir, progress=board))
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro",
                                                  "balanced_accuracy", "num_images")}, indent=2))
+    if metrics["not_scored"]:
+        shown = ", ".join(metrics["not_scored"][:10]) + (" ..." if len(metrics["not_scored"]) > 10 else "")
+        print(f"warning: {len(metrics['not_scored'])} of {metrics['num_listed']} images could not be decoded and are "
+              f"not scored (listed in metrics.json): {shown}")
     print(f"wrote metrics.json, per_class.csv, confused_pairs.csv, predictions.csv, confusion_matrix.png to {args.output_dir}")
     return EXIT_OK
 

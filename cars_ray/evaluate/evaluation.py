@@ -59,6 +59,9 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: pd.DataFrame, class_names: li
     labels, probs, paths = score_rows(checkpoint_dir, rows, options.tta, options.progress)
     metrics = classification_metrics(labels, probs)
     metrics.update({"split": options.title, "tta": options.tta, "checkpoint": os.path.abspath(checkpoint_dir)})
+    # An image that could not be decoded is not scored: counted and named, never dropped unsaid.
+    unscored = sorted(set(rows.rel_path) - set(paths))
+    metrics.update({"num_listed": int(len(rows)), "not_scored": unscored})
     matrix = class_confusion(labels, probs.argmax(1), len(class_names))
     os.makedirs(output_dir, exist_ok=True)
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
