@@ -672,3 +672,23 @@ def test_predict_answers_every_field_input(ray_local, tmp_path, monkeypatch):
     assert frame.error[inputs[5]].startswith("extreme aspect ratio: 32000x1 pixels")
     assert (frame.error[inputs[:5]] == "").all() and frame.error["./-lead.jpg"] == ""
     assert tree_hash(photos) == before
+
+
+def test_evaluation_names_the_images_it_could_not_score(ray_local, tmp_path):
+    from helpers.data import folder_of, write_class_folders, write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "c")
+    root = write_class_folders(tmp_path / "d", 2, (48, 40))
+    broken = root / folder_of(CLASS_NAMES[1]) / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    before = tree_hash(root)
+    code, out, err = call_pipeline("evaluate.py", "--checkpoint", str(checkpoint), "--root-dir", str(root),
+                                   "--output-dir", str(tmp_path / "ev"))
+    assert code == 0, err[-3000:]
+    import json
+
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    rel = f"{folder_of(CLASS_NAMES[1])}/broken.jpg"
+    assert metrics["num_listed"] == 9 and metrics["num_images"] == 8 and metrics["not_scored"] == [rel]
+    assert f"warning: 1 of 9 images could not be decoded and are not scored (listed in metrics.json): {rel}" in out
+    assert tree_hash(root) == before
