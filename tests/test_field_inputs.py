@@ -543,6 +543,30 @@ def test_split_keeps_copies_in_one_split_and_can_drop_them(tmp_path):
     assert tree_hash(root) == before
 
 
+def test_an_image_with_two_boxes_is_one_split_unit(tmp_path):
+    from cars_ray.data.split import apply_split, stratified_split
+
+    for i in range(10):
+        make_image(tmp_path / f"{i}.jpg", (80, 60), seed=i)
+    rows = [f"{i}.jpg,1,5,5,40,40" for i in range(10)] + ["3.jpg,1,20,20,70,50"]  # 3.jpg: a second car
+    (tmp_path / "m.csv").write_text("path,label,x1,y1,x2,y2\n" + "\n".join(rows) + "\n")
+    manifest = read_dataset(tmp_path / "m.csv")
+    split = stratified_split(manifest, 0.2, 0.2, seed=0)
+    assert len(split) == 10 and not split.path.duplicated().any()
+    table = apply_split(manifest, split, "the split")
+    assert len(table) == 11 and table[table.rel_path == "3.jpg"].split.nunique() == 1
+
+
+@pytest.mark.parametrize("text, sentence", [
+    ("class_id,class_name\n1,A\n2,B\n1,C\n", "names.csv:4: class id 1 is listed a second time"),
+])
+def test_names_csv_with_an_id_twice_is_refused(tmp_path, text, sentence):
+    (tmp_path / "names.csv").write_text(text)
+    make_image(tmp_path / "A" / "a.jpg", (16, 12))
+    with pytest.raises(DataError, match=sentence):
+        read_dataset(tmp_path)
+
+
 def test_keep_copies_together_swaps_within_the_class():
     split = pd.DataFrame({"path": ["a", "b", "c", "d"], "class_id": [1, 1, 1, 1], "split": ["train", "test", "train", "val"]})
     moved, count = keep_copies_together(split, [["a", "b"]])

@@ -130,6 +130,8 @@ def read_names_csv(path: Path) -> list[str]:
     ordered: list[str] = []
     for line_no, fields in _csv_rows(path):
         if len(fields) >= 2 and fields[0].lstrip("-").isdigit():
+            if int(fields[0]) in names:
+                raise DataError(f"{path}:{line_no}: class id {int(fields[0])} is listed a second time")
             names[int(fields[0])] = ",".join(fields[1:])
         elif line_no == 1 and len(fields) >= 2:
             continue  # header row such as "class_id,class_name"
@@ -356,6 +358,9 @@ def _read_kaggle_annotations(path: Path) -> dict[str, tuple[int, tuple, str]]:
             raise DataError(f"{path}:{line_no}: expected 'image,x1,y1,x2,y2[,class]', got {len(fields)} fields")
         box = tuple(_number(v, path, line_no, name) for v, name in zip(fields[1:5], BOX_FIELDS))
         class_id = _class_id(fields[5], path, line_no, "class") if len(fields) == 6 else None
+        if fields[0] in result:
+            raise DataError(f"{path}:{line_no}: image {fields[0]} is annotated a second time "
+                            f"(first on line {result[fields[0]][0]})")
         result[fields[0]] = (line_no, box, class_id)
     return result
 

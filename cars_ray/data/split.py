@@ -33,7 +33,9 @@ def stratified_split(manifest: Manifest, val: float = 0.1, test: float = 0.2, se
         raise DataError(f"unknown split protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise DataError(f"split fractions val={val} test={test} must be >= 0 and sum to less than 1")
-    table = manifest.table[manifest.table.class_index >= 0]
+    # One image listed with several boxes is one unit: all its rows share the split of its path (a photo in
+    # train and in test would leak), and the split file lists the path once.
+    table = manifest.table[manifest.table.class_index >= 0].drop_duplicates(["rel_path", "class_index"])
     if protocol == "official" and not (table.orig_split == "test").any():
         raise DataError(f"the {manifest.layout} dataset at {manifest.root} has no labelled official test images; "
                         "use --protocol random")
