@@ -474,13 +474,14 @@ def test_junk_and_dot_folders_are_ignored_and_counted(tmp_path):
         f"{c}/{i}.jpg" for c in ("Alpha", "Beta") for i in range(3)]
 
 
-def test_names_that_are_not_utf8_are_skipped_counted_and_named(tmp_path):
+@pytest.mark.parametrize("raw", [b"\xe9", b"\xff\xfe", b"\xc3\x28", b"\x80"])
+def test_names_that_are_not_utf8_are_skipped_counted_and_named(tmp_path, raw):
     root = tmp_path / "d"
     for cls in ("Alpha", "Beta"):
         for i in range(2):
             make_image(root / cls / f"{i}.jpg", (16, 12), seed=i)
-    bad_file = os.fsdecode(os.fsencode(str(root / "Alpha")) + b"/caf\xe9.jpg")
-    bad_folder = os.fsdecode(os.fsencode(str(root)) + b"/Cl\xe9o")
+    bad_file = os.fsdecode(os.fsencode(str(root / "Alpha")) + b"/caf" + raw + b".jpg")
+    bad_folder = os.fsdecode(os.fsencode(str(root)) + b"/Cl" + raw + b"o")
     colour_photo((16, 12)).save(bad_file, "JPEG")
     os.mkdir(bad_folder)
     colour_photo((16, 12)).save(os.path.join(bad_folder, "0.jpg"), "JPEG")
@@ -489,7 +490,8 @@ def test_names_that_are_not_utf8_are_skipped_counted_and_named(tmp_path):
                                    "--test", "0")
     assert code == 0 and "Traceback" not in err, err[-2000:]
     assert "2 folder entr(ies) ignored:" in out
-    assert "Alpha/caf\\xe9.jpg: file name is not valid UTF-8" in out and "Cl\\xe9o: file name is not valid UTF-8" in out
+    shown = raw.decode("utf-8", "backslashreplace")
+    assert f"Alpha/caf{shown}.jpg: file name is not valid UTF-8" in out and f"Cl{shown}o: file name is not valid UTF-8" in out
     assert len(pd.read_csv(tmp_path / "s.csv")) == 4
     assert tree_hash(root) == before
 
