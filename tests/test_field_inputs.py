@@ -474,6 +474,18 @@ def test_junk_and_dot_folders_are_ignored_and_counted(tmp_path):
         f"{c}/{i}.jpg" for c in ("Alpha", "Beta") for i in range(3)]
 
 
+def test_predict_names_the_folder_entries_it_skips(tmp_path, capsys):
+    from cars_ray.evaluate.batch_predict import expand_inputs
+
+    root = junk_dataset(tmp_path / "d")
+    (root / "Beta" / "notes.txt").write_text("x")
+    assert len(expand_inputs([str(root)])) == 6
+    out = capsys.readouterr().out
+    assert out.startswith("note: 8 folder entr(ies) skipped (junk, hidden, or not one of .jpg")
+    for name in (".DS_Store", ".ipynb_checkpoints", "__MACOSX", "Thumbs.db", "._0.jpg", "desktop.ini", "notes.txt"):
+        assert name in out
+
+
 @pytest.mark.parametrize("raw", [b"\xe9", b"\xff\xfe", b"\xc3\x28", b"\x80"])
 def test_names_that_are_not_utf8_are_skipped_counted_and_named(tmp_path, raw):
     root = tmp_path / "d"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.files import ignored_reason, is_image_name, printable
+from cars_ray.data.files import IMAGE_SUFFIXES, ignored_reason, is_image_name, printable
 from cars_ray.errors import DataError, ImageError
 from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.preprocessing import Preprocessing
@@ -31,16 +31,23 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     Raises DataError when nothing is left.
     """
     paths: list[str] = []
+    skipped: list[str] = []  # folder entries that are not images or are junk: counted and named below
     for item in inputs:
         if os.path.isdir(item):
             for folder, subfolders, files in os.walk(item):
+                skipped += [os.path.join(folder, d) for d in sorted(subfolders) if ignored_reason(d)]
                 subfolders[:] = sorted(d for d in subfolders if not ignored_reason(d))
-                paths += [os.path.join(folder, f) for f in sorted(files) if is_image_name(f) and not ignored_reason(f)]
+                for name in sorted(files):
+                    usable = is_image_name(name) and not ignored_reason(name)
+                    (paths if usable else skipped).append(os.path.join(folder, name))
         elif not os.path.exists(item) and glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
             paths += matches or [item]  # a glob matching nothing becomes an error row naming it
         else:
             paths.append(item)  # a file (whatever characters its name has), or a missing one: an error row
+    if skipped:
+        print(f"note: {len(skipped)} folder entr(ies) skipped (junk, hidden, or not one of {' '.join(IMAGE_SUFFIXES)}): "
+              + ", ".join(printable(p) for p in skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     seen = set()  # one file given twice (a.jpg and ./a.jpg) is predicted once, under its first spelling
     unique = [p for p in paths if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
     unusable = [p for p in unique if not _utf8(p)]
