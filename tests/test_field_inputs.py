@@ -183,7 +183,8 @@ def test_malformed_exif_is_ignored_with_a_note(tmp_path):
     image = open_rgb(path)
     assert image.size == (40, 20)  # orientation ignored: as stored, not turned
     assert "EXIF block unreadable" in image.info[EXIF_NOTE] and "orientation ignored" in image.info[EXIF_NOTE]
-    assert tiny_preprocessing().decode(path.read_bytes()).shape == (36, 36, 3)  # Serve's and predict's path
+    assert tiny_preprocessing().decode(path.read_bytes()).shape == (36, 36, 3)  # predict's path
+    assert _serve_decode()(path.read_bytes(), tiny_preprocessing()).shape == (36, 36, 3)  # Serve: a 200
     assert tiny_preprocessing().decode(str(path), box=(1, 1, 30, 15)).shape == (36, 36, 3)  # crop and training
     # A good EXIF orientation is still applied.
     good = tmp_path / "good.jpg"
