@@ -336,6 +336,15 @@ def labelled_manifest(root: Path, labels: list[str], names: bool = False) -> Pat
     return root / "m.csv"
 
 
+@pytest.mark.parametrize("box, sentence", [("1,1,nan,20", "m.csv:2: field 'x2' is 'nan', expected a finite number"),
+                                           ("1,inf,30,20", "m.csv:2: field 'y1' is 'inf', expected a finite number")])
+def test_a_box_corner_that_is_no_finite_number_is_refused(tmp_path, box, sentence):
+    make_image(tmp_path / "a.jpg", (40, 30))
+    (tmp_path / "m.csv").write_text(f"path,label,x1,y1,x2,y2\na.jpg,1,{box}\n")
+    with pytest.raises(DataError, match=sentence):
+        read_dataset(tmp_path / "m.csv")
+
+
 def test_float_ids_are_numbers_not_text(tmp_path):
     path = labelled_manifest(tmp_path, [f"{i}.0" for i in range(1, 11)])
     manifest = read_dataset(path)

@@ -112,14 +112,17 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 def _number(value: str, path: Path, line_no: int, field_name: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise DataError(f"{path}:{line_no}: field {field_name!r} is {value!r}, expected a number") from None
+    if not np.isfinite(number):  # a NaN box corner would fail deep inside a crop task
+        raise DataError(f"{path}:{line_no}: field {field_name!r} is {value!r}, expected a finite number")
+    return number
 
 
 def _class_id(value: str, path: Path, line_no: int, field_name: str) -> int:
     number = _number(value, path, line_no, field_name)
-    if number != int(number):
+    if not np.isfinite(number) or number != int(number):  # int(nan) and int(inf) would raise
         raise DataError(f"{path}:{line_no}: field {field_name!r} is {value!r}, expected a whole class id")
     return int(number)
 
