@@ -43,6 +43,10 @@ class DataConfig:
     randaugment: str = "rand-m9-mstd0.5"  # timm's RandAugment string; used by augment=strong
     decode_batch_size: int = 32
     cache_on_device: str = "auto"  # auto | true | false: the decoded images on the GPU (when training on one)
+    # auto | cached | streaming: decode once and hold the split (cached), or decode, crop and flip every epoch in
+    # Ray Data tasks streamed into the workers (streaming); auto picks cached only when the decoded train + val
+    # splits fit the budget in cars_ray.data.sizing (a share of the object store and of each worker's memory).
+    pipeline: str = "auto"
     max_images_per_class: int | None = None  # cap per class and split (quick experiments)
 
 
@@ -256,6 +260,7 @@ CHOICES = {
     "data.augment": ("none", "light", "standard", "strong"),
     "data.resize_mode": ("squash", "shorter"),
     "data.cache_on_device": ("auto", "true", "false"),
+    "data.pipeline": ("auto", "cached", "streaming"),
     "model.head": ("linear", "bilinear_attention"),
     "optim.schedule": ("cosine", "plateau", "none"),
     "train.use_gpu": ("auto", "true", "false"),
