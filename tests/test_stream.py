@@ -213,7 +213,7 @@ SMALL_STORE_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.timeout(400, method="thread")
 def test_a_split_several_times_the_object_store_streams_without_spilling(tmp_path):
-    """3,000 images decoded at 256 px are 590 MB, four times a 150 MB object store: the epoch streams through it."""
+    """3,000 images decoded at 256 px are 590 MB, 3.75 times a 150 MiB object store: the epoch streams through it."""
     (tmp_path / "images").mkdir()
     rows = stream_rows(tmp_path / "images", 3000, classes=20)
     rows_file = tmp_path / "rows.json"
@@ -224,6 +224,6 @@ def test_a_split_several_times_the_object_store_streams_without_spilling(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["steps"] == 3000 // 32
-    assert decoded_bytes(3000, 256) > 3.9 * 150 * 1024**2
+    assert decoded_bytes(3000, 256) > 3.5 * 150 * 1024**2
     assert result["spilled"] == 0, result
     assert 0 < result["peak"] < 150 * 1024**2, result
