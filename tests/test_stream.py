@@ -227,3 +227,20 @@ def test_a_split_several_times_the_object_store_streams_without_spilling(tmp_pat
     assert decoded_bytes(3000, 256) > 3.5 * 150 * 1024**2
     assert result["spilled"] == 0, result
     assert 0 < result["peak"] < 150 * 1024**2, result
+
+
+def test_stream_crop_and_flip_repeat_per_row_and_epoch_and_the_worker_skips_them():
+    from cars_ray.data.augment import TrainAugment
+    from cars_ray.data.stream import random_geometry
+
+    images = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    one = random_geometry(images, np.arange(4), 12, 0.25, 0.5, seed=0, epoch=1)
+    assert one.shape == (4, 12, 12, 3) and one.dtype == np.uint8
+    assert np.array_equal(one, random_geometry(images, np.arange(4), 12, 0.25, 0.5, seed=0, epoch=1))
+    assert np.array_equal(one[2:], random_geometry(images[2:], np.arange(2, 4), 12, 0.25, 0.5, seed=0, epoch=1)), \
+        "a row's draws do not depend on the block it came in"
+    assert not np.array_equal(one, random_geometry(images, np.arange(4), 12, 0.25, 0.5, seed=0, epoch=2))
+    batch = torch.from_numpy(one)
+    augment = TrainAugment(PRE, "light", host_geometry=True)
+    expected = (batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    assert torch.allclose(augment(batch), expected, atol=1e-6), "light on the stream: normalise only"
