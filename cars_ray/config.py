@@ -105,6 +105,7 @@ class TrainConfig:
     select_mode: str = "max"
     max_failures: int = 2  # worker failures restored from the last full checkpoint
     checkpoint_every: int = 5  # epochs between full training-state checkpoints (and always the last epoch)
+    max_steps_per_epoch: int | None = None  # cap on each epoch's steps (benchmarks at a fixed step count); None = all
     storage_path: str | None = None  # Ray Train storage; default <output_dir>/ray_results (shared FS on clusters)
     run_name: str = "train"
     eval_tta: bool = False  # horizontal-flip test-time augmentation in the final evaluation
@@ -291,6 +292,7 @@ RANGES = {
     "train.cpus_per_worker": (0, None, False, True), "train.gpus_per_worker": (0, None, False, True),
     "train.early_stop_patience": (0, None, True, True), "train.early_stop_min_delta": (0, None, True, True),
     "train.max_failures": (-1, None, True, True), "train.checkpoint_every": (1, None, True, True),
+    "train.max_steps_per_epoch": (1, None, True, True),
     "tune.grace_period": (1, None, True, True), "tune.reduction_factor": (2, None, True, True),
     "tune.num_samples": (1, None, True, True), "tune.max_concurrent_trials": (0, None, True, True),
     "tune.cpus_per_trial": (0, None, True, True), "tune.gpus_per_trial": (0, None, True, True),

@@ -143,11 +143,11 @@ class StreamedSplit:
         batches = self.dataset(positions, geometry, batch_size).iter_batches(
             batch_size=batch_size, batch_format="numpy", drop_last=True, prefetch_batches=2)
         try:
-            for batch in batches:
-                if len(delivered) == steps:
-                    break
+            for batch in batches if steps else ():
                 delivered.append(batch["row_id"])
                 yield to_device(batch, device)
+                if len(delivered) == steps:
+                    break  # the reserve is not waited for
         finally:
             getattr(batches, "close", lambda: None)()  # stop the stream's tasks at once, not when collected
         self.skipped = self.missing(positions, delivered)

@@ -10,6 +10,7 @@ is a new best, the full training state every ``train.checkpoint_every`` epochs a
 
 from __future__ import annotations
 
+import itertools
 import random
 import tempfile
 import time
@@ -69,8 +70,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     preprocessing = Preprocessing.from_dict(settings.preprocessing, "train loop config")
     train_rows, val_rows = (open_split(name, settings, cfg, preprocessing, device) for name in ("train", "val"))
-    run = TrainingRun(cfg, len(settings.class_names), preprocessing, device,
-                      train_rows.steps_per_epoch(cfg.data.batch_size, world_size), world_size)
+    steps = train_rows.steps_per_epoch(cfg.data.batch_size, world_size)
+    steps = min(steps, cfg.train.max_steps_per_epoch or steps)
+    run = TrainingRun(cfg, len(settings.class_names), preprocessing, device, steps, world_size)
     committed = resume(run, rank, settings.progress)
     if committed and settings.report_history_on_resume:
         report_history(run, committed)
@@ -84,8 +86,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if board is not None:
             board.begin.remote(phase, run.steps_per_epoch * cfg.data.batch_size * world_size)
         started = time.perf_counter()
+        # islice closes a stream at the cap (its tasks stop); every rank takes the same number of steps.
         train_metrics = run.train_epoch(
-            train_rows.train_batches(cfg.train.seed, epoch, rank, world_size, cfg.data.batch_size, device),
+            itertools.islice(train_rows.train_batches(cfg.train.seed, epoch, rank, world_size, cfg.data.batch_size,
+                                                      device), steps),
             on_progress=(lambda images: board.advance.remote(phase, images * world_size)) if board else None)
         train_seconds = time.perf_counter() - started
         val_metrics = run.validate(val_rows.eval_batches(rank, world_size, cfg.data.eval_batch_size, device))
