@@ -148,9 +148,9 @@ class StreamedSplit:
                 yield to_device(batch, device)
                 if len(delivered) == steps:
                     break  # the reserve is not waited for
-        finally:
+        finally:  # also when the consumer stops early (train.max_steps_per_epoch closes this generator)
             getattr(batches, "close", lambda: None)()  # stop the stream's tasks at once, not when collected
-        self.skipped = self.missing(positions, delivered)
+            self.skipped = self.missing(positions, delivered)
         if len(delivered) < steps:
             raise DataError(f"epoch {epoch}, rank {rank}: {len(self.skipped)} unreadable training images "
                             f"(e.g. {', '.join(self.skipped[:3])}) exceed the reserve of {len(positions) - needed} "
