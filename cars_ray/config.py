@@ -43,6 +43,10 @@ class DataConfig:
     randaugment: str = "rand-m9-mstd0.5"  # timm's RandAugment string; used by augment=strong
     decode_batch_size: int = 32
     cache_on_device: str = "auto"  # auto | true | false: the decoded images on the GPU (when training on one)
+    # auto | cached | streaming: decode once and hold the split (cached), or decode, crop and flip every epoch in
+    # Ray Data tasks streamed into the workers (streaming); auto picks cached only when the decoded train + val
+    # splits fit the budget in cars_ray.data.sizing (a share of the object store and of each worker's memory).
+    pipeline: str = "auto"
     max_images_per_class: int | None = None  # cap per class and split (quick experiments)
 
 
@@ -101,6 +105,7 @@ class TrainConfig:
     select_mode: str = "max"
     max_failures: int = 2  # worker failures restored from the last full checkpoint
     checkpoint_every: int = 5  # epochs between full training-state checkpoints (and always the last epoch)
+    max_steps_per_epoch: int | None = None  # cap on each epoch's steps (benchmarks at a fixed step count); None = all
     storage_path: str | None = None  # Ray Train storage; default <output_dir>/ray_results (shared FS on clusters)
     run_name: str = "train"
     eval_tta: bool = False  # horizontal-flip test-time augmentation in the final evaluation
@@ -256,6 +261,7 @@ CHOICES = {
     "data.augment": ("none", "light", "standard", "strong"),
     "data.resize_mode": ("squash", "shorter"),
     "data.cache_on_device": ("auto", "true", "false"),
+    "data.pipeline": ("auto", "cached", "streaming"),
     "model.head": ("linear", "bilinear_attention"),
     "optim.schedule": ("cosine", "plateau", "none"),
     "train.use_gpu": ("auto", "true", "false"),
@@ -286,6 +292,7 @@ RANGES = {
     "train.cpus_per_worker": (0, None, False, True), "train.gpus_per_worker": (0, None, False, True),
     "train.early_stop_patience": (0, None, True, True), "train.early_stop_min_delta": (0, None, True, True),
     "train.max_failures": (-1, None, True, True), "train.checkpoint_every": (1, None, True, True),
+    "train.max_steps_per_epoch": (1, None, True, True),
     "tune.grace_period": (1, None, True, True), "tune.reduction_factor": (2, None, True, True),
     "tune.num_samples": (1, None, True, True), "tune.max_concurrent_trials": (0, None, True, True),
     "tune.cpus_per_trial": (0, None, True, True), "tune.gpus_per_trial": (0, None, True, True),

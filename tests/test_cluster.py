@@ -16,3 +16,4 @@ def test_cluster_yaml_passes_ray_validation():
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
     validate_config(prepare_config(config))
     assert "gpu_worker" in config["available_node_types"]
+    assert "cpu_worker" in config["available_node_types"], "CPU-only nodes for the streaming path's decode tasks"

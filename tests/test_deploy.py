@@ -95,3 +95,12 @@ def test_dockerfile_installs_the_project_on_the_pinned_ray():
     for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
         for path in source.split():
             assert (REPO / path).exists(), f"Dockerfile copies {path}, which the repository lacks"
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_a_cpu_only_worker_group_feeds_the_streaming_path(kind):
+    """README "Data at scale": CPU-only nodes take the streaming path's decode tasks."""
+    groups = {g["groupName"]: g for g in cluster_specs()[kind]["workerGroupSpecs"]}
+    requests = groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    assert "nvidia.com/gpu" not in requests and int(requests["cpu"]) >= 8
+    assert "nvidia.com/gpu" in groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["requests"]

@@ -103,6 +103,11 @@ CASES = [
      "optim.lr must be a finite number, got nan", "{new}/t3"),
     ("config-negative-margin", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.box_margin=-0.1",
                                             "--output-dir", "{new}/t4"], 2, "data.box_margin is -0.1", "{new}/t4"),
+    ("config-unknown-data-pipeline", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.pipeline=stream",
+                                                  "--output-dir", "{new}/t5"], 2,
+     "data.pipeline is 'stream'; expected one of auto, cached, streaming", "{new}/t5"),
+    ("config-zero-steps-per-epoch", "train.py", ["--config", DEMO, "data.root_dir={root}", "train.max_steps_per_epoch=0",
+                                                 "--output-dir", "{new}/t6"], 2, "train.max_steps_per_epoch is 0", "{new}/t6"),
 ]
 
 

@@ -93,7 +93,7 @@ def test_decoded_rows_reach_the_worker_cache_in_row_order(ray_local, tmp_path):
                      "x1": np.nan, "y1": np.nan, "x2": np.nan, "y2": np.nan})
     preprocessing = Preprocessing(image_size=16, resize=16, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
     dataset = decoded_dataset(pd.DataFrame(rows), preprocessing, batch_size=8).drop_columns(["rel_path"]).materialize()
-    split = CachedSplit.collect(dataset.iterator(), CPU)
+    split = CachedSplit.collect(dataset.iterator(), 150, CPU)
     assert len(split) == 150 and split.images.shape == (150, 16, 16, 3)
     assert split.labels.tolist() == [index // 10 for index in range(150)]
     labels = first_labels(split, seed=0, epoch=1, batches=2)

@@ -165,6 +165,33 @@ def test_crop_and_predict_outputs_land_where_the_driver_says(cluster, world, bli
     assert len(pd.read_csv(predictions)) == report["written"]
 
 
+def test_streaming_decodes_on_a_node_that_holds_no_training_worker(cluster, world, tmp_path):
+    """data.pipeline=streaming with one training worker of one CPU: its node has no CPU left, so the Ray Data
+    tasks that decode its stream (``MapBatches(stream_batch)``) run on another node, as on CPU-only nodes."""
+    from ray.util.state import list_actors, list_tasks
+
+    def trainer_actors() -> dict[str, str]:
+        return {a.actor_id: a.node_id for a in list_actors(address=cluster.dashboard, limit=10_000,
+                filters=[("class_name", "=", "RayTrainWorker")], raise_on_missing_output=False)}
+
+    before = trainer_actors()
+    code, output = call_on_cluster(cluster, "train.py", "--config", "configs/demo.yaml", "--output-dir",
+                                   str(world["shared"] / "stream_run"), f"data.root_dir={world['data']}", *TINY,
+                                   "data.pipeline=streaming", "train.epochs=1", "train.num_workers=1",
+                                   "train.cpus_per_worker=1", f"train.storage_path={world['shared'] / 'stream_storage'}",
+                                   log=tmp_path / "stream.log")
+    assert code == 0, output[-4000:]
+    assert "data path streaming: set by data.pipeline" in output
+    train_nodes = {node for actor, node in trainer_actors().items() if actor not in before}
+    assert len(train_nodes) == 1
+    decode_nodes, deadline = set(), time.time() + 60
+    while not decode_nodes - train_nodes and time.time() < deadline:  # task events reach the GCS in batches
+        decode_nodes = {t.node_id for t in list_tasks(address=cluster.dashboard, limit=10_000,
+                                                      raise_on_missing_output=False) if "stream_batch" in t.name}
+        time.sleep(2)
+    assert decode_nodes and decode_nodes.isdisjoint(train_nodes), (decode_nodes, train_nodes)
+
+
 def test_search_spreads_over_nodes_and_resumes_after_the_head_restarts(cluster, world, tmp_path):
     """Two trials at once, one per worker node, their state and checkpoints on shared storage given as a
     file:// URI; the head dies with the driver, the cluster comes back, --resume finishes both trials."""

@@ -234,3 +234,20 @@ def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, t
                                    "--int8", "--calibration-dir", str(tmp_path / "grey"), *check)
     assert code == 1 and "more than --max-drop 3" in out and "was not written" in out, out + err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx", "grey", "split.csv"]
+
+
+def test_streaming_two_workers_resume_redo_the_epoch_with_equal_full_batches(ray_local, train_root, tmp_path):
+    """data.pipeline=streaming with 2 workers (half a CPU each: the decode tasks take the other CPU): each epoch
+    every rank trains on its 4 full batches of 4, and a --resume after epoch 1 finishes epoch 2."""
+    cfg = tiny_config(train_root, tmp_path, "data.pipeline=streaming", "train.num_workers=2",
+                      "train.cpus_per_worker=0.5", "data.batch_size=4", "train.epochs=2", "train.max_failures=0",
+                      "train.checkpoint_every=1")
+    with pytest.raises(Exception):
+        fit(cfg, str(tmp_path), evaluate_test=False, train_fn=stop_after_first_report)
+    outcome = fit(cfg, str(tmp_path), resume=True, evaluate_test=False)
+    history = outcome.history
+    assert list(history.epoch) == [1, 2] and list(history.resumes) == [0, 1]
+    assert list(history.train_images) == [32] * 2, "32 training rows: 2 ranks x 4 batches x 4 every epoch"
+    assert list(history.val_images) == [16] * 2
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert summary["pipeline"] == "streaming" and summary["pipeline_reason"].startswith("streaming: set by data.pipeline")

@@ -179,8 +179,11 @@ class TrainAugment(nn.Module):
 
     def __init__(self, preprocessing: Preprocessing, level: str = "standard", scale_min: float = 0.25,
                  hflip: float = 0.5, color_jitter: float = 0.2, randaugment: str = "rand-m9-mstd0.5",
-                 channels_last: bool = False):
+                 channels_last: bool = False, host_geometry: bool = False):
         super().__init__()
+        # host_geometry: the streaming path's Ray Data tasks already drew the random resized crop and the flip
+        # (cars_ray.data.stream.random_geometry): batches arrive at image_size and only the rest happens here.
+        self.host_geometry = host_geometry
         if level not in AUGMENT_LEVELS:
             raise ValueError(f"augment level must be one of {AUGMENT_LEVELS}, got {level!r}")
         self.level = level
@@ -201,8 +204,9 @@ class TrainAugment(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.level == "none":
             return self.eval_view(images)
-        x = self.random_resized_crop(images.permute(0, 3, 1, 2).float().div_(255.0))
-        x = self.random_flip(x)
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        if not self.host_geometry:
+            x = self.random_flip(self.random_resized_crop(x))
         if self.randaugment is not None:
             x = self.randaugment(x)
         if self.color_jitter > 0:
@@ -245,6 +249,8 @@ class TrainAugment(nn.Module):
 
 
 def create_train_augment(data_cfg, preprocessing: Preprocessing, channels_last: bool = False) -> TrainAugment:
-    """The training augmentation a :class:`~cars_ray.config.DataConfig` asks for."""
+    """The training augmentation a :class:`~cars_ray.config.DataConfig` asks for; on the streaming path
+    (``data.pipeline: streaming``, resolved) the crop and flip are the stream's, not the worker's."""
     return TrainAugment(preprocessing, data_cfg.augment, data_cfg.rrc_scale_min, data_cfg.hflip,
-                        data_cfg.color_jitter, data_cfg.randaugment, channels_last)
+                        data_cfg.color_jitter, data_cfg.randaugment, channels_last,
+                        host_geometry=data_cfg.pipeline == "streaming")

@@ -1,10 +1,11 @@
 """What a training worker holds of the decoded images, and the order it visits them in.
 
-Ray Data decodes every image once per run into the object store (``cars_ray.data.loading``). Each
-training worker pulls the split's blocks through its ``ray.train`` dataset iterator once, into one
-uint8 tensor on its device (the GPU when it fits there, else pinned host memory), sorted by row id
-so that the order does not depend on which decode task finished first. Every epoch then visits
-the rows in a fresh random order over the whole split:
+Cached path (``data.pipeline``: ``cars_ray.data.sizing``): Ray Data decodes every image once per run into the
+object store (``cars_ray.data.loading``). Each training worker pulls the split's blocks through its
+``ray.train`` dataset iterator once, into one preallocated uint8 tensor filled at each row's id (so the order
+does not depend on which decode task finished first), then moves it to its device when it fits there (else it
+stays in pinned host memory). Every epoch then visits the rows in a fresh random order over the whole split
+(the streaming path, ``cars_ray.data.stream``, streams the same orders):
 
 - the order is a permutation drawn from ``(train.seed, epoch)`` alone, so a restarted worker or a
   ``--resume`` gets the same order for the epoch it redoes, and a re-run gets the same orders;
@@ -43,21 +44,37 @@ class CachedSplit:
     labels: torch.Tensor
 
     @classmethod
-    def collect(cls, shard, device: torch.device, on_device: str = "auto") -> "CachedSplit":
-        """Pull a ``ray.train`` dataset iterator (columns image, label, row_id) once, in row-id order."""
-        images, labels, row_ids = [], [], []
+    def collect(cls, shard, num_rows: int, device: torch.device, on_device: str = "auto") -> "CachedSplit":
+        """Pull a ``ray.train`` dataset iterator (columns image uint8 (n, R, R, 3), label, row_id) once.
+
+        ``num_rows`` is the split's manifest row count (row ids lie in [0, num_rows)). The worker holds ONE copy:
+        a uint8 (num_rows, R, R, 3) tensor allocated at the first block (pinned when training on a GPU) and
+        filled at each block's row ids as the blocks arrive, in whatever order the decode tasks finished.
+        Rows the decode dropped (unreadable images) are closed up in place, keeping row-id order. Raises
+        ValueError when the shard holds no rows.
+        """
+        images: np.ndarray | None = None
+        host: torch.Tensor | None = None
+        labels = np.zeros(num_rows, np.int64)
+        filled = np.zeros(num_rows, bool)
         for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            images.append(block["image"]), labels.append(block["label"]), row_ids.append(block["row_id"])
-        if not images:
+            row_ids = block["row_id"]
+            if images is None:
+                host = torch.empty((num_rows, *block["image"].shape[1:]), dtype=torch.uint8,
+                                   pin_memory=device.type == "cuda")
+                images = host.numpy()  # a view: numpy's fancy assignment writes straight into the tensor
+            images[row_ids] = block["image"]
+            labels[row_ids], filled[row_ids] = block["label"], True
+        kept = np.flatnonzero(filled)
+        if host is None or not len(kept):
             raise ValueError("the dataset shard holds no rows")
-        order = np.argsort(np.concatenate(row_ids), kind="stable")
-        cache = torch.from_numpy(np.concatenate(images)[order])
-        target = torch.from_numpy(np.concatenate(labels)[order].astype(np.int64))
-        if device.type == "cuda" and place_on_device(cache.numel(), device, on_device):
-            cache, target = cache.to(device), target.to(device)
-        elif device.type == "cuda":
-            cache = cache.pin_memory()
-        return cls(cache, target)
+        if len(kept) < num_rows:
+            compact_rows(images, kept)
+            host, labels = host[:len(kept)], labels[kept]
+        target = torch.from_numpy(labels)
+        if device.type == "cuda" and place_on_device(host.numel(), device, on_device):
+            host, target = host.to(device), target.to(device)
+        return cls(host, target)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -87,6 +104,14 @@ class CachedSplit:
             images = images.pin_memory().to(device, non_blocking=True)
             labels = labels.pin_memory().to(device, non_blocking=True)
         return images, labels
+
+
+def compact_rows(images: np.ndarray, kept: np.ndarray, chunk: int = 1024) -> None:
+    """Move rows ``kept`` (ascending) to the front of ``images`` in place, in chunks: row kept[i] goes to i <= kept[i],
+    so a chunk never overwrites a row a later chunk still reads."""
+    for start in range(0, len(kept), chunk):
+        rows = kept[start:start + chunk]
+        images[start:start + len(rows)] = images[rows]
 
 
 def place_on_device(num_bytes: int, device: torch.device, on_device: str) -> bool:

@@ -1,14 +1,18 @@
-"""From a data config to Ray Datasets of decoded images, one per split.
+"""From a data config to what the training workers read: decoded splits (cached) or their manifest rows (streaming).
 
-Each image is decoded, cropped to its box (when the layout has boxes) and resized once per run by
-:meth:`Preprocessing.decode`, in parallel over the cluster's CPUs; the result (uint8 images,
-labels, and each row's position in the split as ``row_id``) stays in Ray's object store for the
-run and every training worker pulls it from there once (``cars_ray.data.feed``).
+Which of the two a run takes is ``data.pipeline`` (:func:`resolve_pipeline`, the budget in
+``cars_ray.data.sizing``). Cached: each image is decoded, cropped to its box (when the layout has boxes) and
+resized once per run by :meth:`Preprocessing.decode`, in parallel over the cluster's CPUs; the result (uint8
+images, labels, and each row's position in the split as ``row_id``) stays in Ray's object store for the run
+and every training worker pulls it from there once (``cars_ray.data.feed``). Streaming: only the split's
+manifest rows go to the object store; the workers decode each epoch's rows as a stream
+(``cars_ray.data.stream``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
@@ -19,6 +23,7 @@ from cars_ray.config import DEMO_ROOT, Config, DataConfig
 from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.layouts import read_dataset
 from cars_ray.data.manifest import Manifest
+from cars_ray.data.sizing import PipelineChoice, choose_pipeline, decoded_bytes
 from cars_ray.data.split import apply_split, read_split_file, split_warnings, stratified_split
 from cars_ray.errors import ConfigError, DataError, ImageError
 from cars_ray.preprocessing import Preprocessing
@@ -105,11 +110,16 @@ def decode_batch(batch: pd.DataFrame, preprocessing: Preprocessing, progress=Non
     }
 
 
+def split_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The manifest columns a decode needs, with ``row_id`` = each row's position in the split (0..N-1)."""
+    columns = ["path", "rel_path", "class_index", "x1", "y1", "x2", "y2"]
+    return rows[columns].reset_index(drop=True).assign(row_id=lambda frame: np.arange(len(frame)))
+
+
 def decoded_dataset(rows: pd.DataFrame, preprocessing: Preprocessing, batch_size: int = 32,
                     progress=None) -> ray.data.Dataset:
     """A lazy Ray Dataset decoding ``rows`` in parallel across the cluster's CPUs."""
-    columns = ["path", "rel_path", "class_index", "x1", "y1", "x2", "y2"]
-    rows = rows[columns].reset_index(drop=True).assign(row_id=lambda frame: np.arange(len(frame)))
+    rows = split_rows(rows)
     return dataset_from_frame(rows, ROWS_PER_BLOCK).map_batches(
         decode_batch, batch_format="pandas", batch_size=batch_size,
         fn_kwargs={"preprocessing": preprocessing, "progress": progress})
@@ -128,3 +138,74 @@ def build_training_datasets(table: pd.DataFrame, preprocessing: Preprocessing, c
         # carries the context it was made with into the workers).
         datasets[name].context.enable_progress_bars = False
     return datasets
+
+
+def worker_memory_share(cfg: Config, use_gpu: bool) -> float:
+    """Bytes of Ray ``memory`` one training worker has on the smallest node that can hold one: the node's memory
+    divided among the workers that fit there (by GPUs or CPUs per worker, at most ``train.num_workers``)."""
+    shares = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        resources = node.get("Resources", {})
+        per_node = (resources.get("GPU", 0) / cfg.train.gpus_per_worker if use_gpu
+                    else resources.get("CPU", 0) / cfg.train.cpus_per_worker)
+        workers = min(int(per_node + 1e-9), cfg.train.num_workers)
+        if workers >= 1:
+            shares.append(resources.get("memory", 0) / workers)
+    if not shares:  # no node holds a worker now (an autoscaler adds them): the head's memory, shared by all
+        shares = [ray.cluster_resources().get("memory", 0) / cfg.train.num_workers]
+    return min(shares)
+
+
+def resolve_pipeline(cfg: Config, table: pd.DataFrame, preprocessing: Preprocessing, use_gpu: bool) -> PipelineChoice:
+    """The data path of this run (``data.pipeline``; auto decides from the decoded size of train + val against
+    the cluster's object store and a worker's memory). Needs Ray up; raises ConfigError for a hand-set cached
+    path that cannot fit."""
+    images = int(table.split.isin(["train", "val"]).sum())
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    return choose_pipeline(cfg.data.pipeline, decoded_bytes(images, preprocessing.resize), store,
+                           worker_memory_share(cfg, use_gpu))
+
+
+def put_stream_rows(table: pd.DataFrame) -> dict[str, ray.ObjectRef]:
+    """The streaming path's only shared state: each split's manifest rows (``split_rows``), once in the object store."""
+    return {name: ray.put(split_rows(table[table.split == name])) for name in ("train", "val")}
+
+
+@dataclass
+class TrainingData:
+    """What the driver hands a TorchTrainer and its workers for one run (``fit`` or a Tune search)."""
+
+    choice: PipelineChoice
+    datasets: dict  # cached: the materialised train and val datasets; streaming: none
+    split_rows: dict | None  # cached: manifest rows per split (the workers' preallocation)
+    streams: dict | None  # streaming: ObjectRefs of each split's manifest rows
+    train_images: int  # readable (cached) or listed (streaming) training images
+    val_images: int
+
+
+def check_stream_cpus(cfg: Config, reserved_cpus: float) -> None:
+    """The streaming path decodes in Ray Data tasks of one CPU each: at least one CPU must stay free of the
+    training workers (``reserved_cpus``), or the first epoch would wait forever."""
+    total = ray.cluster_resources().get("CPU", 0)
+    if total - reserved_cpus < 1:
+        raise ConfigError(f"data.pipeline=streaming decodes in Ray Data tasks of one CPU each, but the training "
+                          f"workers take {reserved_cpus:g} of the cluster's {total:g} CPUs (train.num_workers x "
+                          "train.cpus_per_worker); lower train.cpus_per_worker, add CPU nodes or set data.pipeline=cached")
+
+
+def prepare_training_data(cfg: Config, table: pd.DataFrame, preprocessing: Preprocessing, use_gpu: bool,
+                          reserved_cpus: float, progress=None) -> TrainingData:
+    """Resolve ``data.pipeline`` and prepare its data: decode and materialise (cached), or put the manifest rows
+    in the object store (streaming). Raises ConfigError (a cached path that cannot fit, no CPU left to decode
+    a stream, fewer readable images than a full batch per worker)."""
+    choice = resolve_pipeline(cfg, table, preprocessing, use_gpu)
+    counts = {name: int((table.split == name).sum()) for name in ("train", "val")}
+    if choice.pipeline == "streaming":
+        check_stream_cpus(cfg, reserved_cpus)
+        return TrainingData(choice, {}, None, put_stream_rows(table), counts["train"], counts["val"])
+    datasets = build_training_datasets(table, preprocessing, cfg.data, progress)
+    train_images = datasets["train"].count()
+    check_full_batches(cfg, train_images, "the readable training images")
+    return TrainingData(choice, datasets, counts, None, train_images, datasets["val"].count())

@@ -1,6 +1,7 @@
 """The per-worker training function: plain PyTorch plus a few ``ray.train`` calls.
 
-Each worker pulls the decoded train and val splits once (``CachedSplit``), builds a
+Each worker opens the train and val splits (cached: pulled once, ``CachedSplit``; streaming: decoded per epoch
+by Ray Data tasks, ``StreamedSplit``; ``data.pipeline`` arrives resolved), builds a
 :class:`~cars_ray.train.run.TrainingRun`, continues from the last full checkpoint if there is one,
 then per epoch trains on its share of a fresh seeded order, validates on its share of the val rows
 (sums all-reduced) and reports. Rank 0 writes checkpoints: the evaluation weights when the epoch
@@ -9,6 +10,7 @@ is a new best, the full training state every ``train.checkpoint_every`` epochs a
 
 from __future__ import annotations
 
+import itertools
 import random
 import tempfile
 import time
@@ -44,6 +46,10 @@ class LoopSettings:
     # A restarted Tune trial's session starts empty while its Train run resumes from storage: the trial then
     # reports the epochs its checkpoint holds again (a run finished before the restart would report nothing).
     report_history_on_resume: bool = False
+    # cached: each split's manifest row count (row ids lie below it); streaming: each split's manifest rows,
+    # an ObjectRef of the frame cars_ray.data.loading.put_stream_rows made.
+    split_rows: dict | None = None
+    streams: dict | None = None
 
     def as_loop_config(self) -> dict:
         return {"settings": self}
@@ -62,11 +68,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
-    train_rows = CachedSplit.collect(ray.train.get_dataset_shard("train"), device, cfg.data.cache_on_device)
-    val_rows = CachedSplit.collect(ray.train.get_dataset_shard("val"), device, cfg.data.cache_on_device)
     preprocessing = Preprocessing.from_dict(settings.preprocessing, "train loop config")
-    run = TrainingRun(cfg, len(settings.class_names), preprocessing, device,
-                      train_rows.steps_per_epoch(cfg.data.batch_size, world_size), world_size)
+    train_rows, val_rows = (open_split(name, settings, cfg, preprocessing, device) for name in ("train", "val"))
+    steps = train_rows.steps_per_epoch(cfg.data.batch_size, world_size)
+    steps = min(steps, cfg.train.max_steps_per_epoch or steps)
+    run = TrainingRun(cfg, len(settings.class_names), preprocessing, device, steps, world_size)
     committed = resume(run, rank, settings.progress)
     if committed and settings.report_history_on_resume:
         report_history(run, committed)
@@ -80,16 +86,36 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if board is not None:
             board.begin.remote(phase, run.steps_per_epoch * cfg.data.batch_size * world_size)
         started = time.perf_counter()
+        # islice closes a stream at the cap (its tasks stop); every rank takes the same number of steps.
         train_metrics = run.train_epoch(
-            train_rows.train_batches(cfg.train.seed, epoch, rank, world_size, cfg.data.batch_size, device),
+            itertools.islice(train_rows.train_batches(cfg.train.seed, epoch, rank, world_size, cfg.data.batch_size,
+                                                      device), steps),
             on_progress=(lambda images: board.advance.remote(phase, images * world_size)) if board else None)
         train_seconds = time.perf_counter() - started
         val_metrics = run.validate(val_rows.eval_batches(rank, world_size, cfg.data.eval_batch_size, device))
+        for rows, name in ((train_rows, "training"), (val_rows, "validation")):
+            if getattr(rows, "skipped", None):
+                say(f"[cars_ray] epoch {epoch}, rank {rank}: {len(rows.skipped)} unreadable {name} image(s) skipped "
+                    f"({', '.join(rows.skipped[:5])}{', ...' if len(rows.skipped) > 5 else ''})"
+                    + ("; reserve rows of the epoch took their place" if name == "training" else ""), 0, board)
         metrics = run.end_epoch(train_metrics, val_metrics, started, train_seconds)
         tracker.log(metrics)
         report(run, metrics, settings, rank)
         say(format_epoch(metrics, cfg.train.epochs), rank, board)
     tracker.close()
+
+
+def open_split(name: str, settings: LoopSettings, cfg: Config, preprocessing: Preprocessing, device: torch.device):
+    """The ``train`` or ``val`` split as this worker reads it: ``CachedSplit`` (pulled once from its dataset
+    shard) or ``StreamedSplit`` (decoded per epoch), by the resolved ``data.pipeline``."""
+    if cfg.data.pipeline == "streaming":
+        from cars_ray.data.stream import StreamedSplit
+
+        data = cfg.data
+        return StreamedSplit(ray.get(settings.streams[name]), preprocessing, data.augment, data.rrc_scale_min,
+                             data.hflip, data.decode_batch_size)
+    return CachedSplit.collect(ray.train.get_dataset_shard(name), settings.split_rows[name], device,
+                               cfg.data.cache_on_device)
 
 
 def say(text: str, rank: int, board=None) -> None:

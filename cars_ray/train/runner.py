@@ -13,7 +13,7 @@ import ray.train
 
 from cars_ray.checkpoint import META_FILE, MODEL_FILE, read_train_state
 from cars_ray.config import Config
-from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
+from cars_ray.data.loading import load_training_table, prepare_training_data
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import CarsRayError, ConfigError
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
@@ -90,13 +90,17 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     for line in manifest.reading_summary(shown=5):  # rows not trained on are counted and named
         note(f"[cars_ray] {line}", progress)
     started = time.perf_counter()
-    datasets = build_training_datasets(table, preprocessing, cfg.data, progress)
-    check_full_batches(cfg, datasets["train"].count(), "the readable training images")
-    note(f"[cars_ray] decoded {datasets['train'].count()} train and {datasets['val'].count()} val images "
-         f"in {time.perf_counter() - started:.1f}s", progress)
-    settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking)
+    data = prepare_training_data(cfg, table, preprocessing, scaling.use_gpu,
+                                 cfg.train.num_workers * cfg.train.cpus_per_worker, progress)
+    note(f"[cars_ray] data path {data.choice.reason}", progress)
+    if data.choice.pipeline == "cached":
+        note(f"[cars_ray] decoded {data.train_images} train and {data.val_images} val images "
+             f"in {time.perf_counter() - started:.1f}s", progress)
+    cfg = resolved_pipeline(cfg, data.choice.pipeline)
+    settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking,
+                            split_rows=data.split_rows, streams=data.streams)
     run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume))
-    result = build_trainer(cfg, settings, datasets, run_config, train_fn).fit()
+    result = build_trainer(cfg, settings, data.datasets, run_config, train_fn).fit()
     if result.error is not None:
         raise result.error
     outcome = finish(cfg, output_dir, result, manifest.class_names, table, evaluate_test, progress)
@@ -104,9 +108,17 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     figures.update({name: os.path.join(output_dir, "evaluation", f"{name}.png")
                     for name in ("confusion_matrix", "errors", "per_class")})
     add_figures(tracking, figures)
-    write_json(os.path.join(output_dir, "run.json"), run_summary(cfg, outcome, time.perf_counter() - fit_started))
+    write_json(os.path.join(output_dir, "run.json"),
+               {**run_summary(cfg, outcome, time.perf_counter() - fit_started), **data.choice.as_dict()})
     write_report(output_dir, f"cars_ray run {cfg.train.run_name}: {cfg.model.backbone}, {cfg.data.image_size} px")
     return outcome
+
+
+def resolved_pipeline(cfg: Config, pipeline: str) -> Config:
+    """A copy of ``cfg`` with ``data.pipeline`` resolved (cached | streaming): what the workers and checkpoints see."""
+    resolved = Config.from_dict(cfg.to_dict(), source="resolved config")
+    resolved.data.pipeline = pipeline
+    return resolved
 
 
 def run_summary(cfg: Config, outcome: TrainOutcome, seconds: float) -> dict:

@@ -52,7 +52,7 @@ def build_trainer(cfg: Config, settings: LoopSettings, datasets: dict, run_confi
         train_loop_config=settings.as_loop_config(),
         scaling_config=scaling_config(cfg),
         run_config=run_config,
-        datasets=datasets,
+        datasets=datasets or None,  # the streaming path passes none: each worker streams its rows per epoch
         # Every worker pulls each split whole, once, and takes its own share per epoch (cars_ray.data.feed).
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )

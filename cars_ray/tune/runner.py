@@ -12,7 +12,7 @@ import ray
 from ray import tune
 
 from cars_ray.config import Config
-from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
+from cars_ray.data.loading import load_training_table, prepare_training_data
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ConfigError, Interrupted
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
@@ -22,7 +22,7 @@ from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
 from cars_ray.storage import storage_exists, storage_join
 from cars_ray.train.tracking import TrackingTarget
-from cars_ray.train.runner import check_cluster_paths, copy_inference_checkpoint, storage_dir
+from cars_ray.train.runner import check_cluster_paths, copy_inference_checkpoint, resolved_pipeline, storage_dir
 from cars_ray.tune.search import (
     apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
     trial_driver, trial_history, trial_name,
@@ -49,11 +49,18 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     manifest, table = data or load_training_table(cfg)
     check_cluster_paths(cfg, output_dir, table)
     preprocessing = Preprocessing.from_config(cfg)
-    datasets = build_training_datasets(table, preprocessing, cfg.data)
-    check_full_batches(cfg, datasets["train"].count(), "the readable training images")
+    trial_cfg = apply_trial_resources(Config.from_dict(cfg.to_dict()))
+    use_gpu = trial_cfg.train.use_gpu == "true" or (trial_cfg.train.use_gpu == "auto"
+                                                    and ray.cluster_resources().get("GPU", 0) > 0)
+    data = prepare_training_data(trial_cfg, table, preprocessing, use_gpu,
+                                 concurrency * trial_cfg.train.num_workers * trial_cfg.train.cpus_per_worker)
+    print(f"[cars_ray] data path {data.choice.reason}", flush=True)
+    cfg = resolved_pipeline(cfg, data.choice.pipeline)
+    datasets = data.datasets
     storage = storage_dir(cfg, output_dir)
     shared = {"class_names": manifest.class_names, "preprocessing": preprocessing.to_dict(),
-              "trial_storage": storage_join(storage, "trials"), "output_dir": output_dir}
+              "trial_storage": storage_join(storage, "trials"), "output_dir": output_dir,
+              "split_rows": data.split_rows, "streams": data.streams}
     # The trial's driver only waits on its TorchTrainer, whose workers hold the trial's CPUs/GPUs;
     # a driver holding a CPU of its own would deadlock small clusters.
     trainable = tune.with_resources(

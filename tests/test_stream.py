@@ -1,0 +1,246 @@
+"""The two data paths: auto's choice on both sides of the budget, the cached path's one preallocated copy, and the
+streaming path's per-epoch order, equal full batches per rank, unreadable images and bounded object store.
+
+Training end to end in streaming mode (two workers, --resume): tests/test_train.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cars_ray.data.feed import CachedSplit, epoch_order, rank_rows
+from cars_ray.data.sizing import OBJECT_STORE_SHARE, WORKER_MEMORY_SHARE, choose_pipeline, decoded_bytes
+from cars_ray.data.stream import train_stream_positions
+from cars_ray.errors import ConfigError
+from cars_ray.preprocessing import Preprocessing
+from helpers.data import REPO, make_image, ray_temp_dir
+
+CPU = torch.device("cpu")
+GB = 1e9
+
+
+# ---------------------------------------------------------------- auto: both sides of the budget (no Ray)
+
+def test_auto_picks_cached_within_the_budget_and_streaming_beyond_it():
+    store, worker = 19.2 * GB, 24 * GB  # budget: min(50% of 19.2, 50% of 24) = 9.6 GB
+    budget = min(OBJECT_STORE_SHARE * store, WORKER_MEMORY_SHARE * worker)
+    assert budget == pytest.approx(9.6 * GB)
+    small = choose_pipeline("auto", decoded_bytes(6_500, 224), store, worker)  # Stanford Cars at 224 px: 0.98 GB
+    assert small.pipeline == "cached" and small.decoded_bytes == 6_500 * 224 * 224 * 3
+    assert small.reason == "cached: 978.4 MB decoded <= 9.6 GB budget (50% of the object store's 19.2 GB)"
+    large = choose_pipeline("auto", decoded_bytes(100_000, 384), store, worker)  # 44.2 GB
+    assert large.pipeline == "streaming"
+    assert large.reason == "streaming: 44.2 GB decoded > 9.6 GB budget (50% of the object store's 19.2 GB)"
+    edge = int(budget) // (224 * 224 * 3)  # the largest count that fits, and one more
+    assert choose_pipeline("auto", decoded_bytes(edge, 224), store, worker).pipeline == "cached"
+    assert choose_pipeline("auto", decoded_bytes(edge + 1, 224), store, worker).pipeline == "streaming"
+
+
+def test_a_workers_memory_can_be_the_smaller_budget():
+    choice = choose_pipeline("auto", decoded_bytes(20_000, 224), 40 * GB, 4 * GB)  # 3.0 GB > 50% of 4 GB
+    assert choice.pipeline == "streaming" and choice.budget_bytes == int(2 * GB)
+    assert "50% of a training worker's 4.0 GB share of its node's memory" in choice.reason
+
+
+def test_pipeline_set_by_hand_is_kept_and_says_so_but_an_impossible_cache_fails_in_one_sentence():
+    assert choose_pipeline("streaming", 1000, GB, GB).reason.startswith("streaming: set by data.pipeline (")
+    over_budget = choose_pipeline("cached", int(0.8 * GB), GB, 4 * GB)  # above the 50% budget, below capacity
+    assert over_budget.pipeline == "cached" and over_budget.reason.startswith("cached: set by data.pipeline (")
+    with pytest.raises(ConfigError, match=r"^data.pipeline=cached: the decoded train and val splits take 44.2 GB but "
+                                          r"the object store holds 19.2 GB; set data.pipeline=streaming \(or auto\)$"):
+        choose_pipeline("cached", decoded_bytes(100_000, 384), 19.2 * GB, 100 * GB)
+
+
+def test_pipeline_key_is_checked():
+    from cars_ray.config import load_config
+
+    assert load_config(None).data.pipeline == "auto"
+    assert load_config(None, ["data.pipeline=streaming"]).data.pipeline == "streaming"
+    with pytest.raises(ConfigError, match="data.pipeline is 'stream'; expected one of auto, cached, streaming"):
+        load_config(None, ["data.pipeline=stream"])
+
+
+# ---------------------------------------------------------------- cached: one preallocated copy (no Ray)
+
+class FakeShard:
+    """What ``ray.train.get_dataset_shard`` gives: blocks of (image, label, row_id), here in a scrambled order."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+
+    def iter_batches(self, **_):
+        yield from self.blocks
+
+
+def block(row_ids) -> dict:
+    row_ids = np.asarray(row_ids, np.int64)
+    images = np.zeros((len(row_ids), 3, 3, 3), np.uint8)
+    images[:, 0, 0, 0], images[:, 1, 1, 1] = row_ids % 256, row_ids // 256
+    return {"image": images, "label": row_ids % 7, "row_id": row_ids}
+
+
+def test_cached_split_fills_one_tensor_in_row_id_order_whatever_the_block_order():
+    rows = np.arange(700)
+    shuffled = np.random.default_rng(0).permutation(rows)
+    split = CachedSplit.collect(FakeShard([block(part) for part in np.array_split(shuffled, 11)]), 700, CPU)
+    assert split.images.shape == (700, 3, 3, 3) and split.images.dtype == torch.uint8
+    assert np.array_equal(split.images[:, 0, 0, 0].numpy(), rows % 256)
+    assert np.array_equal(split.images[:, 1, 1, 1].numpy(), rows // 256)
+    assert np.array_equal(split.labels.numpy(), rows % 7)
+
+
+def test_cached_split_closes_up_the_rows_the_decode_dropped():
+    kept = np.setdiff1d(np.arange(3000), [0, 5, 1500, 2999])  # four unreadable images, first and last included
+    shuffled = np.random.default_rng(1).permutation(kept)
+    split = CachedSplit.collect(FakeShard([block(part) for part in np.array_split(shuffled, 7)]), 3000, CPU)
+    assert len(split) == len(kept) == split.images.shape[0]
+    numbers = split.images[:, 0, 0, 0].numpy().astype(int) + 256 * split.images[:, 1, 1, 1].numpy().astype(int)
+    assert np.array_equal(numbers, kept) and np.array_equal(split.labels.numpy(), kept % 7)
+    with pytest.raises(ValueError, match="holds no rows"):
+        CachedSplit.collect(FakeShard([]), 10, CPU)
+
+
+# ---------------------------------------------------------------- streaming: which rows, in which order (no Ray)
+
+def test_stream_positions_repeat_per_seed_and_epoch_and_split_ranks_evenly():
+    labels = np.arange(100).repeat(30)  # a manifest sorted by class
+    one = train_stream_positions(len(labels), 0, 3, 0, 1, 32)
+    assert np.array_equal(one[0], train_stream_positions(len(labels), 0, 3, 0, 1, 32)[0]), "a re-run repeats"
+    assert not np.array_equal(one[0], train_stream_positions(len(labels), 0, 4, 0, 1, 32)[0]), "epochs differ"
+    assert not np.array_equal(one[0], train_stream_positions(len(labels), 1, 3, 0, 1, 32)[0]), "seeds differ"
+    assert one[1] == 3000 // 32 * 32
+    assert np.array_equal(one[0][:one[1]], epoch_order(3000, 0, 3)[:one[1]]), "the cached path's order"
+    first = labels[one[0][:128]]
+    assert 0.35 <= float((first >= 50).mean()) <= 0.65 and len(set(first.tolist())) >= 50, "classes mixed"
+    shares = [train_stream_positions(3000, 0, 3, rank, 3, 32) for rank in range(3)]
+    assert {needed for _, needed in shares} == {1000 // 32 * 32}, "every rank: the same number of full batches"
+    streamed = [set(positions[:needed].tolist()) for positions, needed in shares]
+    assert not streamed[0] & streamed[1] and not streamed[1] & streamed[2], "disjoint slices"
+    for rank, (positions, needed) in enumerate(shares):
+        assert np.array_equal(positions[:needed], rank_rows(epoch_order(3000, 0, 3), rank, 3)[:needed])
+        assert len(positions) - needed == 32, "a reserve of at least one batch"
+
+
+# ---------------------------------------------------------------- streaming through Ray Data (the session's Ray)
+
+def stream_rows(tmp_path, count: int, classes: int = 10, unreadable: tuple[int, ...] = ()) -> pd.DataFrame:
+    rows = []
+    for index in range(count):
+        path = tmp_path / f"{index:04d}.jpg"
+        if index in unreadable:
+            path.write_bytes(b"not a jpeg")
+        else:
+            make_image(path, (24, 20), (index % 250, 40, 40), seed=index)
+        rows.append({"path": str(path), "rel_path": path.name, "class_index": index * classes // count,
+                     "x1": np.nan, "y1": np.nan, "x2": np.nan, "y2": np.nan, "row_id": index})
+    return pd.DataFrame(rows)
+
+
+PRE = Preprocessing(image_size=12, resize=16, crop_pct=0.75, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def streamed_labels(split, seed, epoch, rank, world, batch) -> list[np.ndarray]:
+    return [labels.numpy() for _, labels in split.train_batches(seed, epoch, rank, world, batch, CPU)]
+
+
+@pytest.mark.slow
+def test_streamed_epochs_repeat_give_equal_full_batches_and_name_unreadable_images(ray_local, tmp_path):
+    from cars_ray.data.stream import StreamedSplit
+
+    rows = stream_rows(tmp_path, 120, unreadable=(7, 64))
+    split = StreamedSplit(rows, PRE, "light", scale_min=0.5, hflip=0.5, decode_batch_size=8)
+    batches = list(split.train_batches(0, 1, 0, 2, 8, CPU))
+    assert len(batches) == split.steps_per_epoch(8, 2) == 7, "60 rows per rank: 7 full batches of 8"
+    assert all(images.shape == (8, 12, 12, 3) and images.dtype == torch.uint8 for images, _ in batches)
+    again = list(split.train_batches(0, 1, 0, 2, 8, CPU))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again)), \
+        "same seed and epoch: the same rows, crops and flips"
+    rank_one = streamed_labels(split, 0, 1, 1, 2, 8)
+    assert len(rank_one) == 7 and all(len(labels) == 8 for labels in rank_one)
+    # The unreadable images fall in some rank's slice of some epoch: that rank still yields 7 full batches.
+    skipped = set()
+    for epoch in (1, 2, 3):
+        for rank in (0, 1):
+            assert [len(labels) for labels in streamed_labels(split, 0, epoch, rank, 2, 8)] == [8] * 7
+            skipped |= set(split.skipped)
+    assert skipped == {"0007.jpg", "0064.jpg"}
+    positions, needed = train_stream_positions(120, 0, 2, 0, 1, 8)
+    expected = rows.class_index.to_numpy()[[p for p in positions if p not in (7, 64)][:needed]]
+    assert np.array_equal(np.concatenate(streamed_labels(split, 0, 2, 0, 1, 8)), expected), \
+        "the epoch's order, readable rows only, topped up from the reserve"
+    first = np.concatenate(streamed_labels(split, 0, 2, 0, 1, 8)[:3])
+    assert len(set(first.tolist())) >= 8, "the first batches mix the 10 classes"
+    val = StreamedSplit(rows, PRE, "none", decode_batch_size=8)
+    seen = [labels for rank in (0, 1) for _, labels in val.eval_batches(rank, 2, 16, CPU)]
+    assert sum(len(labels) for labels in seen) == 118 and val.skipped in (["0007.jpg"], ["0064.jpg"], [])
+
+
+SMALL_STORE_SCRIPT = textwrap.dedent("""
+    import json, sys, threading, time
+    import pandas as pd, ray, torch
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+    from cars_ray.data.stream import StreamedSplit
+    from cars_ray.preprocessing import Preprocessing
+
+    rows = pd.read_json(sys.argv[1])
+    context = ray.init(num_cpus=2, object_store_memory=150 * 1024**2, include_dashboard=False,
+                       _temp_dir=sys.argv[2], configure_logging=False)
+    state = get_state_from_address(context.address_info["address"])
+    stats = lambda: get_memory_info_reply(state).store_stats
+    peak, done = [0], threading.Event()
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], stats().object_store_bytes_used)
+            time.sleep(0.05)
+    threading.Thread(target=watch, daemon=True).start()
+    pre = Preprocessing(image_size=224, resize=256, crop_pct=0.875, mean=(0.5,) * 3, std=(0.5,) * 3)
+    split = StreamedSplit(rows, pre, "none", decode_batch_size=32)
+    steps = sum(1 for _ in split.train_batches(0, 1, 0, 1, 32, torch.device("cpu")))
+    done.set()
+    print(json.dumps({"steps": steps, "peak": peak[0], "spilled": stats().spilled_bytes_total}))
+    ray.shutdown()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400, method="thread")
+def test_a_split_several_times_the_object_store_streams_without_spilling(tmp_path):
+    """3,000 images decoded at 256 px are 590 MB, 3.75 times a 150 MiB object store: the epoch streams through it."""
+    (tmp_path / "images").mkdir()
+    rows = stream_rows(tmp_path / "images", 3000, classes=20)
+    rows_file = tmp_path / "rows.json"
+    rows.to_json(rows_file)
+    done = subprocess.run([sys.executable, "-c", SMALL_STORE_SCRIPT, str(rows_file), str(ray_temp_dir())],
+                          capture_output=True, text=True, timeout=380, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 3000 // 32
+    assert decoded_bytes(3000, 256) > 3.5 * 150 * 1024**2
+    assert result["spilled"] == 0, result
+    assert 0 < result["peak"] < 150 * 1024**2, result
+
+
+def test_stream_crop_and_flip_repeat_per_row_and_epoch_and_the_worker_skips_them():
+    from cars_ray.data.augment import TrainAugment
+    from cars_ray.data.stream import random_geometry
+
+    images = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    one = random_geometry(images, np.arange(4), 12, 0.25, 0.5, seed=0, epoch=1)
+    assert one.shape == (4, 12, 12, 3) and one.dtype == np.uint8
+    assert np.array_equal(one, random_geometry(images, np.arange(4), 12, 0.25, 0.5, seed=0, epoch=1))
+    assert np.array_equal(one[2:], random_geometry(images[2:], np.arange(2, 4), 12, 0.25, 0.5, seed=0, epoch=1)), \
+        "a row's draws do not depend on the block it came in"
+    assert not np.array_equal(one, random_geometry(images, np.arange(4), 12, 0.25, 0.5, seed=0, epoch=2))
+    batch = torch.from_numpy(one)
+    augment = TrainAugment(PRE, "light", host_geometry=True)
+    expected = (batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    assert torch.allclose(augment(batch), expected, atol=1e-6), "light on the stream: normalise only"
