@@ -33,7 +33,10 @@ def main(argv=None) -> int:
 
     backend_info(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
     paths = expand_inputs(args.input)
-    output = check_output_path(args.output, "file", [args.checkpoint, *args.input], "--output")
+    # The CSV may go beside the images; it must not replace one of them or a checkpoint file.
+    reads = paths + ([os.path.join(args.checkpoint, name) for name in os.listdir(args.checkpoint)]
+                     if os.path.isdir(args.checkpoint) else [])
+    output = check_output_path(args.output, "file", [args.checkpoint, *args.input], "--output", reads=reads)
     check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,
                          "the folder of --output", can_resume=False)
     init_ray(args)

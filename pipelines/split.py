@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
-from cars_ray.data.layouts import LAYOUTS, read_dataset
+from cars_ray.data.layouts import LAYOUTS, dataset_files, read_dataset
 from cars_ray.data.split import PROTOCOLS, split_warnings, stratified_split, write_split
 from cars_ray.outputs import check_earlier_output, check_output_path
 
@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     check_number(args.test, "--test", 0, 1)
 
     manifest = read_dataset(args.root_dir, args.layout)
-    out = check_output_path(args.out, "file", [args.root_dir, manifest.root], "--out")
+    # A split file beside the images is the usual place; it must only not replace one of the dataset's files.
+    out = check_output_path(args.out, "file", [args.root_dir, manifest.root], "--out", reads=dataset_files(manifest))
     check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
                          can_resume=False)
     split = stratified_split(manifest, args.val, args.test, args.seed, args.protocol)

@@ -66,6 +66,13 @@ CASES = [
     ("crop-inside-its-dataset", "crop.py", ["--root-dir", "{root}", "--output-dir", "{root}/crops"], 2,
      "lies inside the input", "{root}/crops"),
     ("split-over-its-manifest", "split.py", ["--root-dir", "{csv}", "--out", "{csv}"], 2, "is the input", None),
+    ("split-over-the-datasets-names", "split.py", ["--root-dir", "{root}", "--out", "{root}/names.csv", "--overwrite"], 2,
+     "would replace a file of the input", None),
+    ("split-over-an-image", "split.py", ["--root-dir", "{root}", "--out", "{root}/Zeta Coupe 2012/0_000.jpg", "--overwrite"],
+     2, "would replace a file of the input", None),
+    ("predict-over-an-input-image", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--overwrite",
+                                                   "--output", "{root}/Zeta Coupe 2012/0_000.jpg"], 2,
+     "would replace a file of the input", None),
     ("predict-output-is-a-folder", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--output", "{dir}"], 2,
      "is a folder; it must name a file", None),
     ("crop-output-is-a-file", "crop.py", ["--root-dir", "{root}", "--output-dir", "{file}"], 2,
@@ -140,3 +147,18 @@ def test_split_warns_about_classes_too_small_for_validation(tmp_path):
     again, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"))
     assert again == 2 and "replace it with --overwrite" in stderr
     assert call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"), "--overwrite")[0] == 0
+
+
+def test_split_file_beside_the_images_as_the_readme_cluster_command_writes_it(tmp_path):
+    """README: `split.py --root-dir /data/crops --out /data/crops/split.csv`; then again with --overwrite."""
+    root = write_class_folders(tmp_path / "crops", 10, (32, 24))
+    images = sorted(p for p in root.rglob("*.jpg"))
+    before = tree_hash(root)
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(root / "split.csv"))
+    assert code == 0, stderr
+    assert stdout.strip().splitlines()[-1] == f"wrote {root / 'split.csv'}: train 28, val 4, test 8"
+    assert (root / "split.csv").read_text().count("\n") == len(images) + 1
+    code, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(root / "split.csv"), "--overwrite")
+    assert code == 0, stderr
+    (root / "split.csv").unlink()
+    assert tree_hash(root) == before, "an input file changed"

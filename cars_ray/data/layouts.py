@@ -470,3 +470,19 @@ READERS: dict[str, Callable[[Path], Manifest]] = {
     "folder": read_folder,
     "csv": read_csv_manifest,
 }
+
+
+# Index files a layout reads beside its images (names, annotations, the cropper's manifest).
+INDEX_FILES = ("names.csv", "crops.csv", "anno_train.csv", "anno_test.csv", "cars_meta.mat", "cars_annos.mat",
+               "cars_train_annos.mat", "cars_test_annos.mat", "cars_test_annos_withlabels.mat")
+
+
+def dataset_files(manifest: Manifest) -> set[str]:
+    """Every file reading ``manifest`` may have used: its images and the index files in its root, the
+    root's parent and their ``devkit/`` folders. An output must not replace one of them
+    (``outputs.check_output_path``'s ``reads``)."""
+    root = Path(manifest.root)
+    files = {str(path) for path in manifest.table.path}
+    for folder in (root, root.parent, root / "devkit", root.parent / "devkit"):
+        files.update(str(folder / name) for name in INDEX_FILES if (folder / name).exists())
+    return files
