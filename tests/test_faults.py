@@ -36,6 +36,11 @@ def world(tmp_path_factory) -> dict[str, str]:
     for name in ("Alpha", "Beta"):
         (unreadable / name).mkdir(parents=True)
         (unreadable / name / "a.jpg").write_bytes(b"not a jpeg")
+    other = base / "other_classes"  # four classes, not the checkpoint's four
+    for name in ("Audi TTS Coupe 2012", "BMW M3 Coupe 2012", "Fiat 500 Convertible 2012", "Smart fortwo 2012"):
+        make_image(other / name / "a.jpg", (40, 30))
+    (base / "other_split.csv").write_text("path,class_id,split\n" + "".join(
+        f"{name}/a.jpg,{i + 1},val\n" for i, name in enumerate(sorted(p.name for p in other.iterdir()))))
     existing_file = base / "existing.txt"
     existing_file.write_text("a user's file\n")
     existing_dir = base / "existing_dir"
@@ -50,7 +55,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     earlier_export = base / "earlier.onnx"
     earlier_export.write_bytes(b"an earlier export")
     return {"root": str(root), "csv": str(boxed / "m.csv"), "csv_dir": str(boxed), "ckpt": str(checkpoint),
-            "no_model": str(no_model), "unreadable": str(unreadable), "file": str(existing_file),
+            "no_model": str(no_model), "other": str(other),
+            "other_split": str(base / "other_split.csv"), "unreadable": str(unreadable), "file": str(existing_file),
             "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new")}
 
 
@@ -102,6 +108,12 @@ CASES = [
      "is not empty and holds no earlier crop", None),
     ("predict-over-an-existing-file", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--output", "{file}"], 2,
      "replace it with --overwrite", None),
+    ("export-int8-checked-on-other-classes", "export.py", ["--checkpoint", "{ckpt}", "--out", "{new}/q.onnx", "--int8",
+                                                           "--root-dir", "{other}", "--split-file", "{other_split}"], 2,
+     "class 1 is 'Zeta Coupe 2012' in the checkpoint but 'Audi TTS Coupe 2012' in", "{new}/q.onnx"),
+    ("export-int8-checked-on-fewer-classes", "export.py", ["--checkpoint", "{ckpt}", "--out", "{new}/q2.onnx", "--int8",
+                                                           "--root-dir", "{unreadable}", "--split-file", "{other_split}"], 2,
+     "the checkpoint has 4 classes but", "{new}/q2.onnx"),
     ("export-over-an-earlier-export", "export.py", ["--checkpoint", "{ckpt}", "--out", "{onnx}"], 2,
      "replace it with --overwrite", None),
     ("evaluate-over-an-earlier-evaluation", "evaluate.py", ["--checkpoint", "{ckpt}", "--root-dir", "{root}",
@@ -115,7 +127,7 @@ CASES = [
 
 @pytest.mark.parametrize("case, script, arguments, code, words, output", CASES, ids=[c[0] for c in CASES])
 def test_fault(world, case, script, arguments, code, words, output):
-    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx")]
+    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx", "other")]
     before = tree_hash(*inputs)
     exit_code, _, stderr = call_pipeline(script, *[argument.format(**world) for argument in arguments])
     assert exit_code == code, stderr[-2000:]
@@ -162,3 +174,12 @@ def test_split_file_beside_the_images_as_the_readme_cluster_command_writes_it(tm
     assert code == 0, stderr
     (root / "split.csv").unlink()
     assert tree_hash(root) == before, "an input file changed"
+
+
+def test_export_names_a_gain_as_a_gain():
+    from helpers.entry_points import load_pipeline
+
+    points_changed = load_pipeline("export.py").points_changed
+    assert points_changed(0.38) == "0.38 points lost"
+    assert points_changed(0.0) == "0.00 points lost"
+    assert points_changed(-2.5) == "2.50 points gained"
