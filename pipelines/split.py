@@ -5,8 +5,10 @@
 
 The same inputs give a byte-identical file. `official` keeps the dataset's own test images
 as test and carves validation from its training images. An existing --out file is replaced only
-with --overwrite, and never when it is one of the inputs. Classes too small to give a
-validation or test row are named in a warning.
+with --overwrite, and never when it replaces one of the dataset's files (a new file beside the
+images is fine). Every class keeps at least one training row (where the rounded parts would take
+all its images, validation gives way first, then test); classes too small to give a requested
+validation or test row, or left without a training row, are named in a warning with their counts.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
                          can_resume=False)
     split = stratified_split(manifest, args.val, args.test, args.seed, args.protocol)
-    for warning in split_warnings(split, manifest.class_names):
+    for warning in split_warnings(split, manifest.class_names, args.val, args.test if args.protocol == "random" else None):
         print(f"warning: {warning}")
     write_split(split, out)
     counts = split.split.value_counts()

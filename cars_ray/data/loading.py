@@ -50,7 +50,7 @@ def load_split_table(cfg: DataConfig) -> tuple[Manifest, pd.DataFrame]:
         table = apply_split(manifest, read_split_file(cfg.split_file), cfg.split_file)
     else:
         split = stratified_split(manifest, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-        for warning in split_warnings(split, manifest.class_names):
+        for warning in split_warnings(split, manifest.class_names, cfg.val_fraction, cfg.test_fraction):
             print(f"warning: {warning}")
         table = apply_split(manifest, split, "the generated split")
     if cfg.max_images_per_class:

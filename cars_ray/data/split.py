@@ -24,6 +24,10 @@ def stratified_split(manifest: Manifest, val: float = 0.1, test: float = 0.2, se
     ``random``: per class, round(n*test) test and round(n*val) validation images.
     ``official``: the dataset's own test images stay test; round(n*val) of each class's
     official training images become validation.
+    Every class with an image that may train keeps at least one training row: where the rounded
+    parts would take them all, validation gives way first, then test (:func:`allocate`).
+    :func:`split_warnings` names the classes a requested part could not reach.
+    Returns a frame ``path`` (str, relative), ``class_id`` (int, 1-based), ``split`` (str), sorted by path.
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown split protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
@@ -45,7 +49,7 @@ def stratified_split(manifest: Manifest, val: float = 0.1, test: float = 0.2, se
             official_test, pool = group.iloc[:0], group
             n_test = int(np.round(len(pool) * test))
         order = pool.iloc[rng.permutation(len(pool))]
-        n_val = int(np.round(len(pool) * val))
+        n_test, n_val = allocate(len(pool), n_test, int(np.round(len(pool) * val)))
         labels = ["test"] * n_test + ["val"] * n_val + ["train"] * (len(pool) - n_test - n_val)
         parts.append(pd.DataFrame({"path": order.rel_path, "class_id": class_index + 1, "split": labels}))
         if len(official_test):
@@ -55,23 +59,37 @@ def stratified_split(manifest: Manifest, val: float = 0.1, test: float = 0.2, se
     return pd.concat(parts).sort_values("path", kind="stable").reset_index(drop=True)
 
 
+def allocate(size: int, n_test: int, n_val: int) -> tuple[int, int]:
+    """(test, val) rows of a class of ``size`` images that may train, leaving at least one training row:
+    validation gives way first (it only picks the epoch), then test."""
+    spare = max(size - 1, 0)
+    n_val = min(n_val, max(spare - n_test, 0))
+    return min(n_test, spare), n_val
+
+
 def write_split(split: pd.DataFrame, path: str) -> None:
     """Write a split file atomically and byte-identically for identical input (LF line ends, fixed order)."""
     write_csv(path, split[["path", "class_id", "split"]])
 
 
-def split_warnings(split: pd.DataFrame, class_names: list[str], shown: int = 10) -> list[str]:
-    """One sentence per part (val, test) that some classes got no row of, naming them (too few images)."""
+def split_warnings(split: pd.DataFrame, class_names: list[str], val: float, test: float | None,
+                   shown: int = 10) -> list[str]:
+    """One sentence per part some classes got no row of, naming them and their image counts: a
+    requested part (``val`` > 0; ``test`` > 0, or None for the official protocol's own test images)
+    that a class is too small for, and training rows a class could not get (only official test images)."""
     warnings = []
     sizes = split.groupby("class_id").size()
-    for part, word in (("val", "validation"), ("test", "test")):
-        if not (split.split == part).any():
-            continue  # that part was not asked for at all
+    requested = [("train", "training", True), ("val", "validation", val > 0),
+                 ("test", "test", test is not None and test > 0)]
+    for part, word, asked in requested:
+        if not asked:
+            continue
         missing = sorted(set(sizes.index) - set(split.loc[split.split == part, "class_id"]))
         if missing:
             names = ", ".join(f"{class_names[c - 1]} ({sizes[c]} images)" for c in missing[:shown])
             more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
-            warnings.append(f"{len(missing)} class(es) get no {word} rows, too few images: {names}{more}")
+            why = "no image outside the official test set" if part == "train" else "too few images"
+            warnings.append(f"{len(missing)} class(es) get no {word} rows, {why}: {names}{more}")
     return warnings
 
 
