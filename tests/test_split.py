@@ -103,3 +103,28 @@ def test_official_protocol_names_a_class_with_only_test_images():
     assert split_warnings(split, manifest.class_names, 0.5, None) == [
         "1 class(es) get no training rows, no image outside the official test set: B (3 images)",
         "1 class(es) get no validation rows, too few images: B (3 images)"]
+
+
+def test_official_protocol_on_a_crop_output_reads_its_crops_csv(tmp_path):
+    """crop.py's output reads back as the folder layout, without original splits; crops.csv keeps them."""
+    from helpers.data import write_class_folders
+    from helpers.entry_points import call_pipeline
+
+    root = write_class_folders(tmp_path / "crops", 4, (24, 16))
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    official = {path: "test" if path.endswith("_003.jpg") else "train" for path in images}
+    names = read_dataset(root).class_names
+    by_folder = {name.replace("/", "-"): i + 1 for i, name in enumerate(names)}
+    (root / "crops.csv").write_text("path,class_id,split\n" + "".join(
+        f"{path},{by_folder[path.split('/')[0]]},{official[path]}\n" for path in images))
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"),
+                                         "--protocol", "official", "--val", "0.34")
+    assert code == 0, stderr
+    split = pd.read_csv(tmp_path / "s.csv")
+    assert sorted(split.loc[split.split == "test", "path"]) == sorted(p for p in images if official[p] == "test")
+    assert split.split.value_counts().to_dict() == {"train": 8, "test": 4, "val": 4}
+
+    (root / "crops.csv").unlink()
+    code, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s2.csv"),
+                                    "--protocol", "official")
+    assert code == 2 and "keeps them in its crops.csv, absent here); use --protocol random" in stderr.strip().splitlines()[-1]

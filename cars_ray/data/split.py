@@ -6,14 +6,18 @@ with ``path`` relative to the image root and ``class_id`` 1-based.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
+from cars_ray.data.layouts import read_dataset
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import DataError
 from cars_ray.outputs import write_csv
 
 SPLITS = ("train", "val", "test")
+CROPS_INDEX = "crops.csv"  # what crop.py writes beside its crops: path,class_id,split with the original split
 PROTOCOLS = ("random", "official")
 
 
@@ -33,10 +37,12 @@ def stratified_split(manifest: Manifest, val: float = 0.1, test: float = 0.2, se
         raise DataError(f"unknown split protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise DataError(f"split fractions val={val} test={test} must be >= 0 and sum to less than 1")
+    if protocol == "official":
+        manifest = with_original_splits(manifest)
     table = manifest.table[manifest.table.class_index >= 0]
     if protocol == "official" and not (table.orig_split == "test").any():
-        raise DataError(f"the {manifest.layout} dataset at {manifest.root} has no labelled official test images; "
-                        "use --protocol random")
+        raise DataError(f"the {manifest.layout} dataset at {manifest.root} has no labelled official test images "
+                        f"(a crop.py output keeps them in its {CROPS_INDEX}, absent here); use --protocol random")
     parts = []
     for class_index, group in table.groupby("class_index", sort=True):
         group = group.sort_values("rel_path")
@@ -57,6 +63,16 @@ def stratified_split(manifest: Manifest, val: float = 0.1, test: float = 0.2, se
     if not parts:
         raise DataError(f"the dataset at {manifest.root} has no labelled images to split")
     return pd.concat(parts).sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def with_original_splits(manifest: Manifest) -> Manifest:
+    """A crop.py output read as the ``folder`` layout has lost each image's original split; its
+    ``crops.csv`` (a ``csv`` manifest with the same relative paths and class ids) keeps it. Any other
+    manifest is returned as it is."""
+    index = os.path.join(manifest.root, CROPS_INDEX)
+    if manifest.layout != "folder" or (manifest.table.orig_split != "").any() or not os.path.isfile(index):
+        return manifest
+    return read_dataset(index, "csv")
 
 
 def allocate(size: int, n_test: int, n_val: int) -> tuple[int, int]:
