@@ -24,7 +24,7 @@ from cars_ray.runtime import add_ray_arguments, init_ray
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, a CSV manifest file, or demo (the sample shipped in the package)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--margin", type=float, default=0.0, help="grow each box by this fraction of its size")

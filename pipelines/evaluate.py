@@ -28,7 +28,7 @@ from cars_ray.checkpoint import check_classes, read_meta
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. O/best of train.py)")
-    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, a CSV manifest file, or demo (the sample shipped in the package)")
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--split-file", default=None, help="path,class_id,split file (e.g. split.csv)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="rows of --split-file to evaluate")

@@ -30,7 +30,7 @@ import numpy as np
 
 from cars_ray.checkpoint import check_classes, preprocessing_of, read_meta
 from cars_ray.cli import EXIT_FAILED, EXIT_OK, check_number, make_parser, run_main
-from cars_ray.data.layouts import read_dataset
+from cars_ray.data.layouts import read_dataset, resolve_root
 from cars_ray.data.loading import decode_batch
 from cars_ray.data.split import SPLITS, apply_split, read_split_file
 from cars_ray.errors import DataError
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     meta = read_meta(args.checkpoint)
     preprocessing = preprocessing_of(meta, args.checkpoint)
     labelled = labelled_table(args.root_dir, args.split_file, meta) if args.root_dir else None
-    inputs = [args.checkpoint, *(args.images or []), args.calibration_dir, args.root_dir, args.split_file]
+    inputs = [args.checkpoint, *(args.images or []), args.calibration_dir and resolve_root(args.calibration_dir),
+              args.root_dir and resolve_root(args.root_dir), args.split_file]
     out = check_output_path(args.out, "file", inputs, "--out")
     check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
                          can_resume=False)

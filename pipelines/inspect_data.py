@@ -23,7 +23,7 @@ INSPECT_OUTPUTS = ("inspect.json", "samples.png")
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, a CSV manifest file, or demo (the sample shipped in the package)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--show-classes", type=int, default=20, help="classes in samples.png (default 20)")

@@ -23,7 +23,7 @@ from cars_ray.outputs import check_earlier_output, check_output_path
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, a CSV manifest file, or demo (the sample shipped in the package)")
     parser.add_argument("--out", required=True, help="split file to write")
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--val", type=float, default=0.1, help="validation fraction per class (default 0.1)")

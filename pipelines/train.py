@@ -22,7 +22,7 @@ from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, init_ray
 
 # What a run writes into its output folder (ray_results/<run_name> is named by the config).
-RUN_OUTPUTS = ("config.yaml", "metrics.csv", "best", "evaluation")
+RUN_OUTPUTS = ("config.yaml", "split.csv", "metrics.csv", "best", "evaluation")
 
 
 def main(argv=None) -> int:

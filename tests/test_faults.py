@@ -114,6 +114,11 @@ CASES = [
     ("export-int8-checked-on-fewer-classes", "export.py", ["--checkpoint", "{ckpt}", "--out", "{new}/q2.onnx", "--int8",
                                                            "--root-dir", "{unreadable}", "--split-file", "{other_split}"], 2,
      "the checkpoint has 4 classes but", "{new}/q2.onnx"),
+    ("evaluate-demo-with-other-classes", "evaluate.py", ["--checkpoint", "{ckpt}", "--root-dir", "demo", "--output-dir",
+                                                         "{new}/ev-demo"], 2, "the checkpoint has 4 classes but demo has 10", "{new}/ev-demo"),
+    ("export-int8-checked-on-the-demo", "export.py", ["--checkpoint", "{ckpt}", "--out", "{new}/q3.onnx", "--int8",
+                                                      "--root-dir", "demo", "--split-file", "{other_split}"], 2,
+     "the checkpoint has 4 classes but demo has 10", "{new}/q3.onnx"),
     ("export-over-an-earlier-export", "export.py", ["--checkpoint", "{ckpt}", "--out", "{onnx}"], 2,
      "replace it with --overwrite", None),
     ("evaluate-over-an-earlier-evaluation", "evaluate.py", ["--checkpoint", "{ckpt}", "--root-dir", "{root}",
@@ -183,3 +188,16 @@ def test_export_names_a_gain_as_a_gain():
     assert points_changed(0.38) == "0.38 points lost"
     assert points_changed(0.0) == "0.00 points lost"
     assert points_changed(-2.5) == "2.50 points gained"
+
+
+def test_demo_names_the_packaged_sample_for_every_root_dir(tmp_path):
+    """`--root-dir demo` is the sample shipped in the package, as `data.root_dir: demo` is in configs."""
+    from cars_ray.data.layouts import read_dataset, resolve_root
+    from cars_ray.evaluate.batch_predict import expand_inputs
+
+    sample = resolve_root("demo")
+    assert sample.endswith("cars_ray/data/demo/images") and read_dataset("demo").root == sample
+    assert len(expand_inputs(["demo"])) == 396
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", "demo", "--out", str(tmp_path / "s.csv"))
+    assert code == 0, stderr
+    assert stdout.strip().splitlines()[-1].endswith("s.csv: train 277, val 40, test 79")

@@ -7,6 +7,7 @@ backbone, without Ray: tests/test_training_run.py."""
 from __future__ import annotations
 
 import functools
+import os
 import json
 import sys
 import time
@@ -59,6 +60,9 @@ def test_two_epochs_lower_the_loss_and_write_outputs(baseline_run):
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confused_pairs.csv", "errors.png", "per_class.png"):
         assert (output / "evaluation" / name).exists(), name
     assert baseline_run.test_metrics["num_images"] == 16
+    used = pd.read_csv(output / "split.csv")
+    assert list(used.columns) == ["path", "class_id", "split"] and len(used) == 64
+    assert used.split.value_counts().to_dict() == {"train": 32, "val": 16, "test": 16}
     assert (output / "curves.png").stat().st_size > 10_000 and (output / "report.html").exists()
     assert json.loads((output / "run.json").read_text())["epochs_run"] == 2
     assert list((output / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard scalars and figures"
@@ -208,6 +212,17 @@ def test_evaluate_pipeline_on_split_file(baseline_run, train_root, tmp_path):
     assert list(per_class.class_name) == CLASS_NAMES and per_class.support.sum() == 16
     assert np.isclose(metrics["top1"], (pd.read_csv(tmp_path / "ev" / "predictions.csv").eval("true_id == predicted_id")).mean())
 
+
+
+def test_a_runs_test_rows_are_evaluated_again_from_its_split_file(baseline_run, train_root, tmp_path):
+    """The README: `evaluate.py --root-dir <data> --split-file O/split.csv --split test` gives the run's test figure."""
+    code, _, stderr = call_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(train_root),
+                                    "--split-file", os.path.join(baseline_run.output_dir, "split.csv"), "--split", "test",
+                                    "--output-dir", str(tmp_path / "again"))
+    assert code == 0, stderr[-3000:]
+    metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert metrics["num_images"] == baseline_run.test_metrics["num_images"] == 16
+    assert metrics["top1"] == pytest.approx(baseline_run.test_metrics["top1"])
 
 
 def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, train_root, tmp_path):

@@ -16,12 +16,14 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import scipy.io
 
+from cars_ray.config import DEMO_ROOT
 from cars_ray.data.manifest import UNLABELLED, Manifest, folder_to_class_index, make_table
 from cars_ray.errors import DataError
 
@@ -30,9 +32,17 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 BOX_FIELDS = ("x1", "y1", "x2", "y2")
 
 
+def resolve_root(root_dir: str | os.PathLike) -> str:
+    """``demo`` names the sample shipped inside the package (configs, --root-dir, --input); anything else
+    is a path. The one place that says so: every reader of a dataset root goes through it."""
+    if str(root_dir) == DEMO_ROOT:
+        return str(resources.files("cars_ray").joinpath("data/demo/images"))
+    return str(root_dir)
+
+
 def read_dataset(root: str | os.PathLike, layout: str = "auto") -> Manifest:
-    """Read the dataset at ``root`` (a folder, or a CSV manifest file) into a manifest."""
-    root_path = Path(root).expanduser().absolute()
+    """Read the dataset at ``root`` (a folder, a CSV manifest file, or ``demo``) into a manifest."""
+    root_path = Path(resolve_root(root)).expanduser().absolute()
     if not root_path.exists():
         raise DataError(f"dataset root {root_path} does not exist")
     if layout == "auto":

@@ -9,15 +9,14 @@ run and every training worker pulls it from there once (``cars_ray.data.feed``).
 from __future__ import annotations
 
 import os
-from importlib import resources
 
 import numpy as np
 import pandas as pd
 import ray
 
-from cars_ray.config import DEMO_ROOT, Config, DataConfig
+from cars_ray.config import Config, DataConfig
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.layouts import read_dataset
+from cars_ray.data.layouts import read_dataset, resolve_root  # noqa: F401 (resolve_root: re-exported)
 from cars_ray.data.manifest import Manifest
 from cars_ray.data.split import apply_split, read_split_file, split_warnings, stratified_split
 from cars_ray.errors import ConfigError, DataError, ImageError
@@ -25,13 +24,6 @@ from cars_ray.preprocessing import Preprocessing
 
 ROWS_PER_BLOCK = 64
 DECODE_PHASE = "decoding"
-
-
-def resolve_root(root_dir: str) -> str:
-    """``demo`` names the sample shipped inside the package; anything else is a path."""
-    if root_dir == DEMO_ROOT:
-        return str(resources.files("cars_ray").joinpath("data/demo/images"))
-    return root_dir
 
 
 def check_root_dir(cfg: DataConfig) -> str:

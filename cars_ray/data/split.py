@@ -83,6 +83,13 @@ def allocate(size: int, n_test: int, n_val: int) -> tuple[int, int]:
     return min(n_test, spare), n_val
 
 
+def split_of(table: pd.DataFrame) -> pd.DataFrame:
+    """The split file of a table with ``rel_path``, ``class_index`` and ``split`` columns (what a run
+    trained, selected and tested on), in split.py's format and order."""
+    split = pd.DataFrame({"path": table.rel_path, "class_id": table.class_index + 1, "split": table.split})
+    return split.sort_values("path", kind="stable").reset_index(drop=True)
+
+
 def write_split(split: pd.DataFrame, path: str) -> None:
     """Write a split file atomically and byte-identically for identical input (LF line ends, fixed order)."""
     write_csv(path, split[["path", "class_id", "split"]])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.layouts import IMAGE_SUFFIXES
+from cars_ray.data.layouts import IMAGE_SUFFIXES, resolve_root
 from cars_ray.errors import DataError, ImageError
 from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.preprocessing import Preprocessing
@@ -20,9 +20,10 @@ ROWS_PER_BLOCK = 64
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files as given, folders walked for images, globs expanded; order kept, duplicates dropped."""
+    """Files as given, folders walked for images (``demo``: the packaged sample), globs expanded; order
+    kept, duplicates dropped. Raises DataError when nothing is found."""
     paths: list[str] = []
-    for item in inputs:
+    for item in map(resolve_root, inputs):
         if os.path.isdir(item):
             for folder, _, files in sorted(os.walk(item)):
                 paths += [os.path.join(folder, f) for f in sorted(files) if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]

@@ -15,6 +15,7 @@ from cars_ray.checkpoint import META_FILE, MODEL_FILE, read_train_state
 from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
 from cars_ray.data.manifest import Manifest
+from cars_ray.data.split import split_of, write_split
 from cars_ray.errors import CarsRayError, ConfigError
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
@@ -80,6 +81,7 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     tracking = TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)
     manifest, table = data or load_training_table(cfg)
     check_cluster_paths(cfg, output_dir, table)
+    write_used_split(output_dir, table)
     preprocessing = Preprocessing.from_config(cfg)
     scaling = scaling_config(cfg)
     device = f"{scaling.num_workers} worker(s) x " + (f"{cfg.train.gpus_per_worker:g} GPU" if scaling.use_gpu
@@ -116,6 +118,12 @@ def run_summary(cfg: Config, outcome: TrainOutcome, seconds: float) -> dict:
             "test_top1": test.get("top1"), "test_top5": test.get("top5"), "test_images": test.get("num_images"),
             "images_per_second": float(outcome.history.images_per_second.mean()),
             "wall_seconds": round(seconds, 1)}
+
+
+def write_used_split(output_dir: str, table: pd.DataFrame) -> None:
+    """O/split.csv: the rows a run (or search) trained, selected and tested on, in split.py's format, so
+    `evaluate.py --root-dir <data.root_dir> --split-file O/split.csv --split test` scores its test rows again."""
+    write_split(split_of(table), os.path.join(output_dir, "split.csv"))
 
 
 def note(text: str, progress=None) -> None:

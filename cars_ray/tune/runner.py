@@ -22,7 +22,7 @@ from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
 from cars_ray.storage import storage_exists, storage_join
 from cars_ray.train.tracking import TrackingTarget
-from cars_ray.train.runner import check_cluster_paths, copy_inference_checkpoint, storage_dir
+from cars_ray.train.runner import check_cluster_paths, copy_inference_checkpoint, storage_dir, write_used_split
 from cars_ray.tune.search import (
     apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
     trial_driver, trial_history, trial_name,
@@ -48,6 +48,7 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     concurrency = check_feasible(apply_trial_resources(Config.from_dict(cfg.to_dict())))
     manifest, table = data or load_training_table(cfg)
     check_cluster_paths(cfg, output_dir, table)
+    write_used_split(output_dir, table)
     preprocessing = Preprocessing.from_config(cfg)
     datasets = build_training_datasets(table, preprocessing, cfg.data)
     check_full_batches(cfg, datasets["train"].count(), "the readable training images")
