@@ -21,7 +21,7 @@ from cars_ray.errors import ConfigError
 from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
 from cars_ray.runtime import add_ray_arguments, init_ray
 
-SEARCH_OUTPUTS = ("config.yaml", "split.csv", "tune_results.csv", "tune.png", "best", "evaluation", "ray_results")
+SEARCH_OUTPUTS = ("config.yaml", "split.csv", "tune_results.csv", "search.json", "tune.png", "best", "evaluation", "ray_results")
 
 
 def main(argv=None) -> int:

@@ -56,6 +56,10 @@ def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune
     assert outcome.test_metrics["num_images"] == 20
     assert list((tmp_path / "ray_results" / "tune").glob("*/events.out.tfevents.*")), "TensorBoard logs"
     assert (tmp_path / "curves.png").exists() and "Trials" in (tmp_path / "report.html").read_text()
+    search = json.loads((tmp_path / "search.json").read_text())  # compare.py's figures for a search
+    assert search["best_trial"] == table.trial_id.iloc[0] and search["wall_seconds"] > 0
+    assert search["images_per_second"] == pytest.approx(table.images_per_second.iloc[0]) and search["images_per_second"] > 0
+    assert len(pd.read_csv(tmp_path / "split.csv")) == len(pd.read_csv(tmp_path / "split.csv").drop_duplicates("path"))
 
     # --resume of a search whose trials all finished reruns none of them (an interrupted search with some
     # trials running: tests/test_multinode.py).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -16,7 +17,7 @@ from cars_ray.data.loading import build_training_datasets, check_full_batches, l
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ConfigError, Interrupted
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
-from cars_ray.outputs import write_csv, write_figure
+from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import curves_figure, training_curves_figure
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
@@ -43,6 +44,7 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
                data: tuple[Manifest, pd.DataFrame] | None = None) -> SearchOutcome:
     """Decode once, run the trials (or continue them with ``resume``), write the results; ``data`` is what
     :func:`load_training_table` returned, when the caller checked it already."""
+    started = time.perf_counter()
     space = build_search_space(cfg)
     TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)  # MLflow missing: fail now
     concurrency = check_feasible(apply_trial_resources(Config.from_dict(cfg.to_dict())))
@@ -85,7 +87,7 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     if interrupted:
         raise Interrupted(f"the search was stopped before its end; its state is saved in {experiment_dir}: "
                           f"continue it with --resume --output-dir {output_dir}")
-    return write_results(cfg, output_dir, results, manifest.class_names, table)
+    return write_results(cfg, output_dir, results, manifest.class_names, table, started)
 
 
 def fit_watching_ctrl_c(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
@@ -101,7 +103,7 @@ def fit_watching_ctrl_c(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
 
 
 def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_names: list[str],
-                  table: pd.DataFrame) -> SearchOutcome:
+                  table: pd.DataFrame, started: float) -> SearchOutcome:
     summary = summarize(results, cfg)
     write_csv(os.path.join(output_dir, "tune_results.csv"), summary)
     stopped = set(summary.loc[summary.stopped_by_scheduler, "trial_id"])
@@ -121,4 +123,21 @@ def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_
         test_metrics = evaluate_checkpoint(best_dir, test_rows, class_names, os.path.join(output_dir, "evaluation"),
                                            EvaluationOptions(tta=cfg.train.eval_tta, title="test (best trial)"))
     write_report(output_dir, f"cars_ray search: {len(summary)} trials of {cfg.model.backbone}, {cfg.data.image_size} px")
+    write_json(os.path.join(output_dir, SEARCH_SUMMARY), search_summary(cfg, summary, ranked.iloc[0], test_metrics,
+                                                                       time.perf_counter() - started))
     return SearchOutcome(summary, best_dir, test_metrics)
+
+
+SEARCH_SUMMARY = "search.json"
+
+
+def search_summary(cfg: Config, summary: pd.DataFrame, best: pd.Series, test: dict | None, seconds: float) -> dict:
+    """O/search.json: what pipelines/compare.py lines up for a search, as run.json is for a run. Wall time is
+    the search's (decoding, every trial, the best trial's test evaluation; the last session when resumed);
+    images/s the best trial's mean over its epochs, comparable with a run's."""
+    test = test or {}
+    metric = f"best_{cfg.tune.metric}"
+    return {"trials": int(len(summary)), "best_trial": str(best.trial_id), "backbone": cfg.model.backbone,
+            "image_size": cfg.data.image_size, "best_epoch": int(best.best_epoch), "metric": cfg.tune.metric,
+            metric: float(best[metric]), "test_top1": test.get("top1"), "test_images": test.get("num_images"),
+            "images_per_second": float(best.images_per_second), "wall_seconds": round(seconds, 1)}

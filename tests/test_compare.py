@@ -1,0 +1,40 @@
+"""compare.py on run and search folders, made by hand (no Ray): figures for both, times in seconds."""
+
+from __future__ import annotations
+
+import json
+
+from helpers.entry_points import call_pipeline
+
+
+def write_search(folder, with_summary: bool):
+    folder.mkdir(parents=True)
+    (folder / "tune_results.csv").write_text(
+        "trial_id,trial_dir,param.optim.lr,best_val_top1,best_epoch,best_checkpoint,epochs_run,images_per_second\n"
+        "t1,/x/t1,0.001,0.75,3,/x/t1/c,4,41.2\nt2,/x/t2,0.1,0.25,1,/x/t2/c,1,40.0\n")
+    (folder / "evaluation").mkdir()
+    (folder / "evaluation" / "metrics.json").write_text(json.dumps({"top1": 0.7}))
+    if with_summary:
+        (folder / "search.json").write_text(json.dumps({"trials": 2, "best_trial": "t1", "best_epoch": 3,
+                                                        "best_val_top1": 0.75, "test_top1": 0.7,
+                                                        "images_per_second": 41.2, "wall_seconds": 58.8}))
+
+
+def test_a_search_gets_wall_time_and_throughput_and_times_print_in_seconds(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({
+        "run_name": "demo", "backbone": "tf_efficientnet_lite0", "head": "linear", "image_size": 128, "epochs_run": 6,
+        "best_epoch": 6, "best_val_top1": 0.8125, "test_top1": 0.7979, "wall_seconds": 62.0, "images_per_second": 57.25}))
+    write_search(tmp_path / "search", with_summary=True)
+    write_search(tmp_path / "old_search", with_summary=False)
+    code, stdout, stderr = call_pipeline("compare.py", str(run), str(tmp_path / "search"), str(tmp_path / "old_search"),
+                                         "--out", str(tmp_path / "c.png"))
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert lines[1].split()[0] == str(run) and lines[1].split()[-4:] == ["0.798", "62.0", "s", "57"]
+    assert lines[2].split()[0] == str(tmp_path / "search") and lines[2].split()[-5:] == ["0.750", "0.700", "58.8", "s", "41"]
+    assert lines[3].split()[0] == str(tmp_path / "old_search") and lines[3].split()[-4:] == ["0.750", "0.700", "-", "-"]
+    assert lines[4] == (f"note: {tmp_path / 'old_search'} has no search.json (a search from before it was written): "
+                        "its wall time and images/s are shown as -")
+    assert "nan" not in stdout.lower() and "58.800" not in stdout
