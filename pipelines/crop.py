@@ -51,11 +51,14 @@ def main(argv=None) -> int:
     report["seconds"] = {"ray_start": round(ray_started - started, 2), "crop": round(elapsed, 2)}
     report["images_per_second"] = round(report["num_images"] / elapsed, 1) if elapsed > 0 else None
     write_json(os.path.join(output_dir, "crop_report.json"), report)
-    print(f"written {report['written']}, already present {report['already_present']}, "
-          f"skipped {report['skipped']} ({report['images_per_second']} images/s, Ray start "
-          f"{report['seconds']['ray_start']} s not included); report: {args.output_dir}/crop_report.json")
+    print(f"written {report['written']} (of which {report['clamped']} from boxes clamped to the image), "
+          f"already present {report['already_present']}, skipped {report['skipped']} "
+          f"({report['images_per_second']} images/s, Ray start {report['seconds']['ray_start']} s not included); "
+          f"report: {args.output_dir}/crop_report.json")
     for item in report["skipped_items"][:20]:
         print(f"  skipped {item['path']}: {item['reason']}")
+    for item in report["clamped_items"][:20]:
+        print(f"  clamped {item['path']}: {item['reason']}")
     if args.show_classes:
         cropped = read_dataset(output_dir, "folder")
         write_figure(os.path.join(output_dir, "samples.png"), samples_figure(cropped, args.show_classes))

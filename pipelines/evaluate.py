@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                                       EvaluationOptions(tta=args.tta, title=title, source=args.root_dir, progress=board))
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro",
                                                  "balanced_accuracy", "num_images")}, indent=2))
-    print(f"wrote metrics.json, per_class.csv, confused_pairs.csv, predictions.csv, confusion_matrix.png to {args.output_dir}")
+    print(f"wrote {', '.join(EVALUATION_OUTPUTS)} to {args.output_dir}")
     return EXIT_OK
 
 

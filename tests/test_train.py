@@ -216,10 +216,14 @@ def test_evaluate_pipeline_on_split_file(baseline_run, train_root, tmp_path):
 
 def test_a_runs_test_rows_are_evaluated_again_from_its_split_file(baseline_run, train_root, tmp_path):
     """The README: `evaluate.py --root-dir <data> --split-file O/split.csv --split test` gives the run's test figure."""
-    code, _, stderr = call_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(train_root),
-                                    "--split-file", os.path.join(baseline_run.output_dir, "split.csv"), "--split", "test",
-                                    "--output-dir", str(tmp_path / "again"))
+    code, stdout, stderr = call_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(train_root),
+                                         "--split-file", os.path.join(baseline_run.output_dir, "split.csv"), "--split", "test",
+                                         "--output-dir", str(tmp_path / "again"))
     assert code == 0, stderr[-3000:]
+    wrote = stdout.strip().splitlines()[-1]  # every file it wrote, and only those
+    assert wrote.startswith("wrote ") and wrote.endswith(f" to {tmp_path / 'again'}")
+    named = wrote[len("wrote "):-len(f" to {tmp_path / 'again'}")].split(", ")
+    assert sorted(named) == sorted(p.name for p in (tmp_path / "again").iterdir() if p.name != "logs")
     metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert metrics["num_images"] == baseline_run.test_metrics["num_images"] == 16
     assert metrics["top1"] == pytest.approx(baseline_run.test_metrics["top1"])

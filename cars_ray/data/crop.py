@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.images import clamp_box, open_rgb
+from cars_ray.data.images import box_problem, clamp_box, open_rgb
 from cars_ray.data.manifest import Manifest, folder_name
 from cars_ray.errors import DataError, ImageError
 from cars_ray.outputs import write_atomic, write_csv
@@ -48,17 +48,20 @@ def plan_outputs(manifest: Manifest, output_dir: str) -> pd.DataFrame:
 
 
 def crop_one(row: dict, margin: float) -> tuple[str, str, bytes]:
-    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``."""
+    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``.
+    A cropped image's reason is empty, or says that its box lay past the image border and was clamped
+    (``box_problem``'s sentence, the one inspect_data reports)."""
+    note = ""
     try:
         image = open_rgb(row["path"])
         if not np.isnan(row["x1"]):
             box = (row["x1"], row["y1"], row["x2"], row["y2"])
-            image = image.crop(clamp_box(box, image.width, image.height, margin))
+            image, note = image.crop(clamp_box(box, image.width, image.height, margin)), box_problem(box, image.width, image.height) or ""
     except ImageError as err:
         return "skipped", str(err), b""
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=JPEG_QUALITY)
-    return "cropped", "", encoded.getvalue()
+    return "cropped", note and f"{note}; clamped to the image", encoded.getvalue()
 
 
 def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
@@ -70,8 +73,9 @@ def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
     })
 
 
-def save_crop(path: str, encoded: bytes) -> tuple[str, str]:
-    """Write one crop atomically (a crash never leaves a partial file): (status, reason)."""
+def save_crop(path: str, encoded: bytes, note: str = "") -> tuple[str, str]:
+    """Write one crop atomically (a crash never leaves a partial file): (status, reason); a written
+    crop keeps ``note`` (its box was clamped) as its reason."""
     def dump(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             handle.write(encoded)
@@ -79,7 +83,7 @@ def save_crop(path: str, encoded: bytes) -> tuple[str, str]:
         write_atomic(path, dump)
     except OSError as err:
         return "skipped", f"write failed: {err}"
-    return "written", ""
+    return "written", note
 
 
 def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overwrite: bool = False) -> dict:
@@ -107,7 +111,7 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
         crops = dataset_from_frame(todo[["row_id", "path", "x1", "y1", "x2", "y2"]], rows_per_block).map_batches(
             crop_batch, batch_format="pandas", batch_size=None, fn_kwargs={"margin": margin})
         for batch in crops.iter_batches(batch_format="pandas", batch_size=None):
-            saved = [save_crop(out_paths[row_id], encoded) if status == "cropped" else (status, reason)
+            saved = [save_crop(out_paths[row_id], encoded, reason) if status == "cropped" else (status, reason)
                      for row_id, status, reason, encoded in zip(batch.row_id, batch.status, batch.reason, batch.jpeg)]
             outcomes.append(pd.DataFrame({"row_id": batch.row_id.to_numpy(), "status": [s for s, _ in saved],
                                           "reason": [r for _, r in saved]}))
@@ -129,6 +133,7 @@ def write_index_files(manifest: Manifest, results: pd.DataFrame, output_dir: str
 def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, margin: float) -> dict:
     counts = results.status.value_counts()
     skipped = results[results.status == "skipped"]
+    clamped = results[(results.status == "written") & (results.reason.fillna("") != "")]
     return {
         "output_dir": os.path.abspath(output_dir),
         "layout": manifest.layout,
@@ -141,4 +146,7 @@ def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, marg
             {"path": p, "reason": r} for p, r in zip(skipped.path, skipped.reason)
         ] + [{"path": p["path"], "reason": p["reason"]} for p in manifest.problems],
         "reading_problems": len(manifest.problems),
+        # Written, but from a box past the image border (inspect_data's "box outside the image"), cut at the border.
+        "clamped": int(len(clamped)),
+        "clamped_items": [{"path": p, "reason": r} for p, r in zip(clamped.path, clamped.reason)],
     }

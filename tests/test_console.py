@@ -1,4 +1,5 @@
-"""compare.py on run and search folders, made by hand (no Ray): figures for both, times in seconds."""
+"""What the console shows, checked without Ray: compare.py on run and search folders made by hand (figures
+for both, times in seconds), inspect_data's class list."""
 
 from __future__ import annotations
 
@@ -38,3 +39,17 @@ def test_a_search_gets_wall_time_and_throughput_and_times_print_in_seconds(tmp_p
     assert lines[4] == (f"note: {tmp_path / 'old_search'} has no search.json (a search from before it was written): "
                         "its wall time and images/s are shown as -")
     assert "nan" not in stdout.lower() and "58.800" not in stdout
+
+
+def test_inspect_lists_the_classes_it_shows():
+    from cars_ray.data.inspection import format_summary
+
+    report = {"layout": "folder", "root": "/d", "num_classes": 3, "num_images": 9, "num_labelled": 9, "num_with_boxes": 0,
+              "original_splits": {"none": 9}, "per_class": {"Audi TTS Coupe 2012": 4, "BMW M3 Coupe 2012": 3, "Smart fortwo": 2},
+              "per_class_stats": {"min": 2, "median": 3.0, "max": 4}, "image_size": None, "notes": [], "problems": [],
+              "problem_counts": {}}
+    lines = format_summary(report, show_classes=2).splitlines()
+    assert lines[1:4] == ["classes     : 3 (the first 2: id, name, images)",
+                          "     1  Audi TTS Coupe 2012: 4", "     2  BMW M3 Coupe 2012: 3"]
+    assert format_summary(report).splitlines()[1:3] == ["classes     : 3", "per class   : min 2, median 3, max 4"][:1] + [
+        "images      : 9 (9 labelled, 0 with boxes; splits {'none': 9})"]
