@@ -10,9 +10,14 @@ bars and the workers' own output go to the logs (``O/logs/run.log`` for the driv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
+from typing import Callable, Iterator
 
 import ray
 
@@ -31,8 +36,53 @@ def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> None:
     address = args.address or os.environ.get("RAY_ADDRESS")
     # "local" starts a fresh instance rather than joining whatever cluster ran here last.
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": args.num_cpus}
-    ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
+    context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
     quiet_ray_data(verbose)
+    print(ray_line(address, getattr(context, "dashboard_url", "")), flush=True)
+
+
+def ray_line(address: str | None, dashboard_url: str | None) -> str:
+    """The setup line naming the Ray instance and its dashboard (Ray gives "host:port", or "" without one)."""
+    where = f"Ray cluster at {address}" if address else "local Ray instance"
+    dashboard = f"dashboard http://{dashboard_url}" if dashboard_url else "no dashboard (it needs ray[default])"
+    return f"[cars_ray] {where}; {dashboard}"
+
+
+@contextlib.contextmanager
+def watching_ctrl_c() -> Iterator[Callable[[], bool]]:
+    """Yields a function telling whether a SIGINT arrived inside the block, whoever handled it.
+
+    Ray Train v2's ``fit()`` installs its own SIGINT handler (it aborts the run, then exits the process or
+    lets the dead controller's error surface), so neither our handler nor KeyboardInterrupt sees a Ctrl-C.
+    Python's C-level handler writes every signal's number to the wakeup fd before any Python handler
+    runs: that is where we look. On leaving, the wakeup fd and the SIGINT handler are put back (Ray leaves
+    its handler installed). Off the main thread (a Tune trial) signals never arrive: always False.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    receiver, sender = socket.socketpair()
+    receiver.setblocking(False)
+    sender.setblocking(False)
+    handler = signal.getsignal(signal.SIGINT)
+    previous = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+    seen = False
+
+    def interrupted() -> bool:
+        nonlocal seen
+        with contextlib.suppress(BlockingIOError, OSError):
+            while data := receiver.recv(512):
+                seen = seen or signal.SIGINT in data
+        return seen
+
+    try:
+        yield interrupted
+    finally:
+        interrupted()
+        signal.set_wakeup_fd(previous)
+        signal.signal(signal.SIGINT, handler)
+        receiver.close()
+        sender.close()
 
 
 def native_output_to(path: str) -> None:

@@ -95,3 +95,20 @@ def test_dockerfile_installs_the_project_on_the_pinned_ray():
     for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
         for path in source.split():
             assert (REPO / path).exists(), f"Dockerfile copies {path}, which the repository lacks"
+
+
+@pytest.mark.parametrize("has_gpu, gpus", [(False, 0), (True, 0.25)])
+def test_serve_config_asks_for_a_gpu_share_only_where_the_cluster_has_gpus(has_gpu, gpus):
+    """`serve deploy serve/config.yaml` on a CPU-only local head must not wait forever for a GPU: the replica's
+    resources come from serve.app:build (as on `serve run`), not fixed in the config, and the smallest app
+    fits a 2-CPU head."""
+    from serve.app import replica_resources
+
+    app = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert "ray_actor_options" not in deployments["Classifier"], "fixed replica resources override the builder's"
+    resolved = replica_resources(app["args"], app["args"]["checkpoint"], app["args"]["backend"], has_gpu=has_gpu)
+    assert resolved == {"num_cpus": 1.0, "num_gpus": gpus}
+    smallest = resolved["num_cpus"] * deployments["Classifier"]["autoscaling_config"]["min_replicas"] + \
+        deployments["CarsAPI"]["ray_actor_options"]["num_cpus"]
+    assert smallest <= 2

@@ -253,3 +253,37 @@ def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, t
                                    "--int8", "--calibration-dir", str(tmp_path / "grey"), *check)
     assert code == 1 and "more than --max-drop 3" in out and "was not written" in out, out + err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx", "grey", "split.csv"]
+
+
+def test_ctrl_c_during_training_exits_130_naming_resume(train_root, tmp_path):
+    """A user's Ctrl-C once epochs run (Ray Train v2 handles SIGINT itself): exit 130 and one sentence with
+    --resume, as tune.py. A real process: the signal must reach the driver's main thread. Its setup lines
+    name the local dashboard."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, "pipelines/train.py", "--config", "configs/demo.yaml", "--output-dir", str(out), "--num-cpus", "2",
+         f"data.root_dir={train_root}", "data.image_size=32", "data.batch_size=8", "model.backbone=test_efficientnet",
+         "model.weights=none", "train.epochs=200", "train.channels_last=false", "data.augment=none"],
+        cwd=Path(__file__).resolve().parents[1], env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("[cars_ray] epoch "):  # training has started: the first epoch's summary line
+                proc.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert any(line.startswith("[cars_ray] epoch ") for line in lines), "\n".join(lines)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: training was stopped before its end; its checkpoints are in {out}/ray_results/demo: "
+        f"continue it with --resume --output-dir {out}")
+    assert "Traceback" not in stderr
+    assert any(line.startswith("[cars_ray] local Ray instance; dashboard http://127.0.0.1:") for line in lines), lines

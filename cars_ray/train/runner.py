@@ -16,12 +16,13 @@ from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
 from cars_ray.data.manifest import Manifest
 from cars_ray.data.split import split_of, write_split
-from cars_ray.errors import CarsRayError, ConfigError
+from cars_ray.errors import CarsRayError, ConfigError, Interrupted
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
 from cars_ray.plots import training_curves_figure
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
+from cars_ray.runtime import watching_ctrl_c
 from cars_ray.storage import check_shared_input, check_shared_output, remove_storage, storage_exists, storage_join, storage_uri
 from cars_ray.train import STOP_NON_FINITE
 from cars_ray.train.loop import LoopSettings, train_loop_per_worker
@@ -96,7 +97,18 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
          f"in {time.perf_counter() - started:.1f}s", progress)
     settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking)
     run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume))
-    result = build_trainer(cfg, settings, datasets, run_config, train_fn).fit()
+    trainer = build_trainer(cfg, settings, datasets, run_config, train_fn)
+    with watching_ctrl_c() as interrupted:
+        try:
+            result = trainer.fit()
+        except (SystemExit, Exception):
+            # On Ctrl-C Ray Train's handler aborts the run and exits, or its dead controller's error surfaces.
+            if not interrupted():
+                raise
+    if interrupted():
+        raise Interrupted(f"training was stopped before its end; its checkpoints are in "
+                          f"{storage_join(run_config.storage_path, cfg.train.run_name)}: continue it with "
+                          f"--resume --output-dir {output_dir}")
     if result.error is not None:
         raise result.error
     outcome = finish(cfg, output_dir, result, manifest.class_names, table, evaluate_test, progress)
