@@ -38,6 +38,7 @@ def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> None:
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": args.num_cpus}
     context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
     quiet_ray_data(verbose)
+    route_raylet_messages(verbose)
     print(ray_line(address, getattr(context, "dashboard_url", "")), flush=True)
 
 
@@ -98,10 +99,18 @@ def native_output_to(path: str) -> None:
 
 
 def configure_logging(verbose: bool, log_dir: str | None) -> None:
-    """Everything at INFO to ``log_dir/run.log``; on the console only errors, or everything with --verbose."""
+    """Everything at INFO to ``log_dir/run.log``; on the console only errors, or everything with --verbose.
+
+    Library warnings take the same road: ``warnings.warn`` (matplotlib's UserWarnings) is routed into
+    logging, and a console handler some library put on the root logger (``logging.basicConfig`` at import,
+    as onnxruntime's quantizer does, or implicitly by a module-level ``logging.warning``) is replaced by ours.
+    """
     root, ray_logger = logging.getLogger(), logging.getLogger("ray")
     root.setLevel(logging.INFO)
-    for handler in [h for h in root.handlers if getattr(h, "cars_ray", False)]:
+    logging.captureWarnings(True)
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    for handler in [h for h in root.handlers if getattr(h, "cars_ray", False) or (
+            type(h) is logging.StreamHandler and h.stream in consoles)]:
         root.removeHandler(handler)
     # Ray's logger prints to the console on its own (and ray.init drops its handlers, leaving Python's
     # last-resort printer): let its records reach the root's handlers below instead.
@@ -120,6 +129,44 @@ def configure_logging(verbose: bool, log_dir: str | None) -> None:
         log_file.cars_ray = True
         log_file.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(log_file)
+
+
+class WarningCount(logging.Handler):
+    """Counts WARNING-and-above records (and keeps the first message) of a quiet console's libraries,
+    so a pipeline without a log file can say how many it kept off the console."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count, self.first = 0, ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self.first = self.first or record.getMessage().strip().splitlines()[0][:160]
+
+
+def route_raylet_messages(verbose: bool) -> None:
+    """The raylet's warnings to this driver ("(raylet) WARNING: 10 PYTHON worker processes have been
+    started ...") print to stdout whatever ``log_to_driver`` says: Ray has no switch for them. Without
+    --verbose they go to the ``ray.raylet`` logger instead (run.log), with --verbose to the console as Ray
+    prints them. ``print_to_stdstream`` is Ray's internal printer; without log_to_driver its only caller
+    is the thread that relays these messages."""
+    import ray._private.worker as ray_worker
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    original = getattr(printer, "cars_ray_original", printer)
+    if original is None:
+        return
+    if verbose:
+        ray_worker.print_to_stdstream = original
+        return
+    logger = logging.getLogger("ray.raylet")
+
+    def to_log(data, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            logger.warning("(%s) %s", data.get("pid", "raylet"), line)
+
+    to_log.cars_ray_original = original
+    ray_worker.print_to_stdstream = to_log
 
 
 def quiet_ray_data(verbose: bool) -> None:

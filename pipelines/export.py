@@ -23,6 +23,7 @@ written). The metadata (class names, preprocessing) travels as with fp32.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
@@ -38,6 +39,7 @@ from cars_ray.evaluate.batch_predict import expand_inputs
 from cars_ray.export import PARITY_TOLERANCE, compare_int8, export_checked, parity_images, quantize_int8
 from cars_ray.outputs import check_earlier_output, check_output_path
 from cars_ray.preprocessing import Preprocessing
+from cars_ray.runtime import WarningCount, configure_logging
 
 
 def main(argv=None) -> int:
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument("--check-split", default="val", choices=SPLITS, help="rows of --split-file to compare on")
     parser.add_argument("--max-drop", type=float, default=1.0, help="most points of top-1 int8 may lose")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' log lines (onnxruntime's quantizer) on the console")
     args = parser.parse_args(argv)
     check_number(args.tolerance, "--tolerance")
     check_number(args.num_images, "--num-images", minimum=1)
@@ -74,6 +78,19 @@ def main(argv=None) -> int:
     out = check_output_path(args.out, "file", inputs, "--out")
     check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
                          can_resume=False)
+    # The quantizer logs a warning per clipped bias through the root logger: off the console, counted.
+    configure_logging(args.verbose, None)
+    library_warnings = WarningCount()
+    logging.getLogger().addHandler(library_warnings)
+    try:
+        return export_and_check(args, out, preprocessing, labelled, library_warnings)
+    finally:
+        logging.getLogger().removeHandler(library_warnings)
+
+
+def export_and_check(args, out: str, preprocessing: Preprocessing, labelled, library_warnings: WarningCount) -> int:
+    """Export, check and (with --int8) quantise into a temporary folder beside ``out``; rename onto ``out``
+    only when every check holds. Returns the exit code."""
     images = parity_images(preprocessing, args.images, args.num_images)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(out), prefix=".export-") as work:
         fp32 = os.path.join(work, "fp32.onnx")  # becomes --out (or its int8 form) only once every check holds
@@ -87,7 +104,11 @@ def main(argv=None) -> int:
         result = fp32
         if args.int8:
             result = os.path.join(work, "int8.onnx")
-            if not quantize_checked(args, preprocessing, fp32, result, images, labelled):
+            kept = quantize_checked(args, preprocessing, fp32, result, images, labelled)
+            if library_warnings.count and not args.verbose:
+                print(f"note: the libraries logged {library_warnings.count} warning(s) while quantising, e.g. "
+                      f"\"{library_warnings.first}\"; --verbose shows them")
+            if not kept:
                 return EXIT_FAILED
         os.replace(result, out)
     print(f"wrote {args.out} ({os.path.getsize(out) / 1e6:.1f} MB)")

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
     init_ray(args, os.path.join(output_dir, "logs"))
-    outcome = run_search(cfg, output_dir, resume=args.resume, data=data)
+    outcome = run_search(cfg, output_dir, resume=args.resume, data=data, verbose=args.verbose)
     metric = f"best_{cfg.tune.metric}"
     columns = ["trial_id"] + [c for c in outcome.table.columns if c.startswith("param.")] + \
               [metric, "epochs_run", "stopped_by_scheduler"]

@@ -53,3 +53,76 @@ def test_inspect_lists_the_classes_it_shows():
                           "     1  Audi TTS Coupe 2012: 4", "     2  BMW M3 Coupe 2012: 3"]
     assert format_summary(report).splitlines()[1:3] == ["classes     : 3", "per class   : min 2, median 3, max 4"][:1] + [
         "images      : 9 (9 labelled, 0 with boxes; splits {'none': 9})"]
+
+
+def test_library_warnings_and_foreign_console_handlers_go_to_the_log_not_the_console(tmp_path):
+    """matplotlib's UserWarnings, a module-level logging.warning (onnxruntime's quantizer) and a handler put
+    on the root by a library's logging.basicConfig: none reaches the quiet console; run.log keeps them."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    from cars_ray.runtime import configure_logging
+    from helpers.entry_points import restored_logging
+
+    console = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(console), restored_logging():
+            logging.basicConfig()  # as a library does at import: a console handler on the root
+            configure_logging(False, str(tmp_path))
+            warnings.warn("Data has no positive values, and therefore cannot be log-scaled.", UserWarning)
+            logging.warning("Quantized bias of Conv_0 exceeds the range of a int32")
+            logging.getLogger("cars_ray").error("a real error still shows")
+    finally:
+        logging.captureWarnings(False)
+    assert console.getvalue().strip().splitlines()[-1].endswith("cars_ray: a real error still shows")
+    assert "log-scaled" not in console.getvalue() and "Quantized bias" not in console.getvalue()
+    log = (tmp_path / "run.log").read_text()
+    assert "log-scaled" in log and "Quantized bias" in log
+
+
+def test_the_raylets_warnings_go_to_the_log_unless_verbose(tmp_path):
+    import contextlib
+    import io
+    import logging
+
+    import ray._private.worker as ray_worker
+
+    from cars_ray.runtime import route_raylet_messages
+
+    original = ray_worker.print_to_stdstream
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("ray.raylet").addHandler(handler)
+    out = io.StringIO()
+    message = {"lines": ["WARNING: 10 PYTHON worker processes have been started on node ..."], "pid": "raylet",
+               "is_err": False}
+    try:
+        route_raylet_messages(False)
+        with contextlib.redirect_stdout(out):
+            ray_worker.print_to_stdstream(message, ignore_prefix=False)
+        assert out.getvalue() == ""
+        assert [r.getMessage() for r in records] == ["(raylet) WARNING: 10 PYTHON worker processes have been started on node ..."]
+        route_raylet_messages(True)
+        assert ray_worker.print_to_stdstream is original
+    finally:
+        ray_worker.print_to_stdstream = original
+        logging.getLogger("ray.raylet").removeHandler(handler)
+
+
+def test_a_search_prints_one_line_per_trial_result():
+    from types import SimpleNamespace
+
+    from cars_ray.tune.runner import TrialLines
+
+    lines = []
+    callback = TrialLines("val_loss", 6, write=lines.append)
+    trial = SimpleNamespace(trial_id="a1b2_00001", path="/runs/t/trial")
+    callback.on_trial_result(3, [], trial, {"epoch": 2, "val_loss": 1.23456, "val_top1": 0.5})
+    callback.on_trial_result(4, [], trial, {"epoch": 3})
+    callback.on_trial_error(5, [], trial)
+    assert lines == ["[cars_ray] trial a1b2_00001 epoch 2/6  val_loss 1.2346  val_top1 0.500",
+                     "[cars_ray] trial a1b2_00001 epoch 3/6  val_loss -",
+                     "[cars_ray] trial a1b2_00001 failed; its error is in tune_results.csv and /runs/t/trial"]

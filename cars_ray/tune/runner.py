@@ -40,10 +40,30 @@ class SearchOutcome:
     test_metrics: dict | None
 
 
+class TrialLines(tune.Callback):
+    """The quiet console of a search: one line per trial result (its epoch and the searched metric), one
+    per failed trial; Tune's own status tables only with --verbose."""
+
+    def __init__(self, metric: str, epochs: int, write=print):
+        self.metric, self.epochs, self.write = metric, epochs, write
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+        top1 = result.get("val_top1")
+        extra = f"  val_top1 {top1:.3f}" if isinstance(top1, (int, float)) and self.metric != "val_top1" else ""
+        self.write(f"[cars_ray] trial {trial.trial_id} epoch {result.get('epoch', '?')}/{self.epochs}  "
+                   f"{self.metric} {shown}{extra}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.write(f"[cars_ray] trial {trial.trial_id} failed; its error is in tune_results.csv and {trial.path}")
+
+
 def run_search(cfg: Config, output_dir: str, resume: bool = False,
-               data: tuple[Manifest, pd.DataFrame] | None = None) -> SearchOutcome:
+               data: tuple[Manifest, pd.DataFrame] | None = None, verbose: bool = False) -> SearchOutcome:
     """Decode once, run the trials (or continue them with ``resume``), write the results; ``data`` is what
-    :func:`load_training_table` returned, when the caller checked it already."""
+    :func:`load_training_table` returned, when the caller checked it already. ``verbose``: Tune's status
+    tables on the console too (otherwise one line per trial result, :class:`TrialLines`)."""
     started = time.perf_counter()
     space = build_search_space(cfg)
     TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)  # MLflow missing: fail now
@@ -81,7 +101,8 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
                                         # which outlives the 2 s Tune's reset waits for, and the next trial
                                         # given that process fails with "reuse requires reset_config()".
                                         reuse_actors=False),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage, verbose=None if verbose else 0,
+                                      callbacks=[TrialLines(cfg.tune.metric, cfg.train.epochs)]),
         )
     results, interrupted = fit_watching_ctrl_c(tuner)
     if interrupted:
