@@ -107,6 +107,8 @@ def configure_logging(verbose: bool, log_dir: str | None) -> None:
     """
     root, ray_logger = logging.getLogger(), logging.getLogger("ray")
     root.setLevel(logging.INFO)
+    # Off, then on: a capture made earlier in this process under other warning filters would be kept as is.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
     for handler in [h for h in root.handlers if getattr(h, "cars_ray", False) or (
