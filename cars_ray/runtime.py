@@ -24,12 +24,14 @@ import ray
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> None:
-    """Join the cluster named by ``--address``/RAY_ADDRESS (as under ``ray job submit``), else start locally."""
+def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> str:
+    """Join the cluster named by ``--address``/RAY_ADDRESS (as under ``ray job submit``), else start locally.
+    Returns the dashboard's address as Ray gives it ("127.0.0.1:8265"), or "" (no dashboard, or Ray was
+    already started by someone else)."""
     verbose = getattr(args, "verbose", False)
     if ray.is_initialized():
         configure_logging(verbose, log_dir)
-        return
+        return ""
     if log_dir and not verbose:
         native_output_to(os.path.join(log_dir, "native.log"))
     configure_logging(verbose, log_dir)
@@ -39,14 +41,7 @@ def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> None:
     context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
     quiet_ray_data(verbose)
     route_raylet_messages(verbose)
-    print(ray_line(address, getattr(context, "dashboard_url", "")), flush=True)
-
-
-def ray_line(address: str | None, dashboard_url: str | None) -> str:
-    """The setup line naming the Ray instance and its dashboard (Ray gives "host:port", or "" without one)."""
-    where = f"Ray cluster at {address}" if address else "local Ray instance"
-    dashboard = f"dashboard http://{dashboard_url}" if dashboard_url else "no dashboard (it needs ray[default])"
-    return f"[cars_ray] {where}; {dashboard}"
+    return getattr(context, "dashboard_url", "") or ""
 
 
 @contextlib.contextmanager

@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     os.makedirs(output_dir, exist_ok=True)
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
-    init_ray(args, os.path.join(output_dir, "logs"))
+    dashboard = init_ray(args, os.path.join(output_dir, "logs"))
     with progress_console() as board:
-        outcome = fit(cfg, output_dir, resume=args.resume, data=data, progress=board)
+        outcome = fit(cfg, output_dir, resume=args.resume, data=data, progress=board, dashboard=dashboard)
     print(results_table(outcome, time.perf_counter() - started))
     return EXIT_OK
 

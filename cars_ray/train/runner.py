@@ -72,11 +72,12 @@ def prepare_run_dir(cfg: Config, output_dir: str, resume: bool) -> str:
 
 def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool = True,
         train_fn: Callable[[dict], None] = train_loop_per_worker,
-        data: tuple[Manifest, pd.DataFrame] | None = None, progress=None) -> TrainOutcome:
+        data: tuple[Manifest, pd.DataFrame] | None = None, progress=None, dashboard: str = "") -> TrainOutcome:
     """Train with Ray Train, copy the best checkpoint to ``output_dir/best`` and evaluate it on test rows.
 
     ``data`` is what :func:`load_training_table` returned, when the caller checked it already;
-    ``progress`` a ProgressBoard the caller draws (decoding, epochs, evaluation).
+    ``progress`` a ProgressBoard the caller draws (decoding, epochs, evaluation); ``dashboard`` the Ray
+    dashboard's "host:port" (``runtime.init_ray``), named in the setup line.
     """
     fit_started = time.perf_counter()
     tracking = TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)
@@ -89,7 +90,8 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
                                                        else f"{cfg.train.cpus_per_worker:g} CPU")
     note(f"[cars_ray] {manifest.layout} data at {manifest.root}: {manifest.num_classes} classes; "
          + ", ".join(f"{name} {int((table.split == name).sum())}" for name in ("train", "val", "test"))
-         + f"; {cfg.model.backbone} at {cfg.data.image_size} px on {device}", progress)
+         + f"; {cfg.model.backbone} at {cfg.data.image_size} px on {device}"
+         + (f"; Ray dashboard http://{dashboard}" if dashboard else ""), progress)
     started = time.perf_counter()
     datasets = build_training_datasets(table, preprocessing, cfg.data, progress)
     check_full_batches(cfg, datasets["train"].count(), "the readable training images")

@@ -44,8 +44,16 @@ class TrialLines(tune.Callback):
     """The quiet console of a search: one line per trial result (its epoch and the searched metric), one
     per failed trial; Tune's own status tables only with --verbose."""
 
-    def __init__(self, metric: str, epochs: int, write=print):
-        self.metric, self.epochs, self.write = metric, epochs, write
+    def __init__(self, metric: str, epochs: int, write=None):
+        # Not print itself as a default: Tune pickles its callbacks with the experiment, and print may be
+        # wrapped by then (pickle refuses a print that is not builtins.print).
+        self.metric, self.epochs, self._write = metric, epochs, write
+
+    def write(self, text: str) -> None:
+        if self._write is None:
+            print(text, flush=True)
+        else:
+            self._write(text)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
