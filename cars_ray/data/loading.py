@@ -16,7 +16,7 @@ import ray
 
 from cars_ray.config import Config, DataConfig
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.layouts import read_dataset, resolve_root  # noqa: F401 (resolve_root: re-exported)
+from cars_ray.data.layouts import read_dataset, resolve_root
 from cars_ray.data.manifest import Manifest
 from cars_ray.data.split import apply_split, read_split_file, split_warnings, stratified_split
 from cars_ray.errors import ConfigError, DataError, ImageError
