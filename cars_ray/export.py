@@ -133,7 +133,7 @@ def check_parity(checkpoint_dir: str, onnx_path: str, images: np.ndarray) -> Par
 def parity_images(preprocessing: Preprocessing, paths: list[str] | None = None, num_images: int = 16) -> np.ndarray:
     """uint8 images for a parity check: ``paths``, or the demo sample shipped in the package."""
     from cars_ray.config import DEMO_ROOT
-    from cars_ray.data.loading import resolve_root
+    from cars_ray.data.layouts import resolve_root
     from cars_ray.evaluate.batch_predict import expand_inputs
 
     return np.stack([preprocessing.decode(p) for p in expand_inputs(paths or [resolve_root(DEMO_ROOT)])[:num_images]])

@@ -5,21 +5,36 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from typing import Any, Callable, Sequence
+import uuid
+from typing import Any, Callable, Collection, Sequence
 
 import pandas as pd
 
 from cars_ray.errors import DataError
 
 
+def current_umask() -> int:
+    """The process's umask (e.g. 0o022). Python can only read it by setting it, so it is put straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _staging_name(directory: str, suffix: str = "") -> str:
+    return os.path.join(directory, f".tmp-{uuid.uuid4().hex}{suffix}")
+
+
 def write_atomic(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The temporary file is created with mode 0666 less the umask (0644 under umask 022), as ``open``
+    creates files, so the result is as readable as any other file the user writes
+    (``tempfile.mkstemp`` would make it 0600 whatever the umask).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
+    tmp = _staging_name(directory, os.path.splitext(path)[1])
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -49,10 +64,15 @@ def write_figure(path: str, figure) -> None:
 
 def replace_dir(src: str, dst: str, only: Sequence[str] | None = None) -> None:
     """Copy directory ``src`` (or only the files named in ``only``) to ``dst`` so that ``dst`` appears
-    complete or not at all."""
+    complete or not at all.
+
+    ``dst`` gets the modes a new folder and new files get under the umask (0755 / 0644 under umask
+    022), whatever the source had: checkpoints come from private temporary folders (0700 / 0600).
+    """
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    staging = _staging_name(parent)
+    os.mkdir(staging, 0o700)  # private while it fills; its "d" is what becomes dst
     try:
         if only is None:
             shutil.copytree(src, os.path.join(staging, "d"))
@@ -60,13 +80,26 @@ def replace_dir(src: str, dst: str, only: Sequence[str] | None = None) -> None:
             os.makedirs(os.path.join(staging, "d"))
             for name in only:
                 shutil.copy2(os.path.join(src, name), os.path.join(staging, "d", name))
+        _apply_umask(os.path.join(staging, "d"))
         if os.path.exists(dst):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
+            old = _staging_name(parent)
+            os.mkdir(old, 0o700)
             os.replace(dst, os.path.join(old, "d"))
             shutil.rmtree(old)
         os.replace(os.path.join(staging, "d"), dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _apply_umask(folder: str) -> None:
+    """Folders 0777 and files 0666 less the umask, below and including ``folder``."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for directory, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(directory, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o666 & ~mask)
 
 
 def _json_default(value: Any) -> Any:
@@ -90,18 +123,31 @@ def write_yaml(path: str, data: Any) -> None:
     write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def check_output_path(path: str, kind: str, inputs: Sequence[str | None], flag: str) -> str:
+def check_output_path(path: str, kind: str, inputs: Sequence[str | None], flag: str,
+                      reads: Collection[str] | None = None) -> str:
     """Resolve an output path before any work starts and refuse one that would touch an input.
 
-    ``kind`` is "dir" or "file". The path must not be, contain, or lie inside any of ``inputs``
-    (dataset root, manifest, split file, checkpoint); it must be of the right kind where it exists,
-    and its nearest existing parent must be a writable folder. Fails with one sentence (DataError).
+    ``kind`` is "dir" or "file". The path must not be any of ``inputs`` (dataset root, manifest,
+    split file, checkpoint) nor contain one. An output folder must not lie inside an input folder.
+    An output file may be created inside an input folder (a split file beside the images), but must
+    not replace a file there that is read as input: ``reads`` lists those files (the images and
+    index files of a dataset); without it, no existing file inside an input folder is replaced.
+    The path must be of the right kind where it exists, and its nearest existing parent a writable
+    folder. Returns the resolved path; fails with one sentence (DataError).
     """
     resolved = os.path.realpath(path)
+    read_files = None if reads is None else {os.path.realpath(name) for name in reads}
     for source in filter(None, inputs):
         real = os.path.realpath(source)
         relation = ("is" if resolved == real else "lies inside" if _inside(resolved, real)
                     else "contains" if _inside(real, resolved) else None)
+        if relation == "lies inside" and kind == "file" and not os.path.isdir(resolved):
+            if not os.path.lexists(resolved):
+                continue  # a new file beside the inputs replaces nothing
+            if read_files is not None and resolved not in read_files:
+                continue  # an earlier output of ours; check_earlier_output asks for --overwrite
+            raise DataError(f"{flag} {path} would replace a file of the input {source}; "
+                            "write outputs somewhere apart from the inputs")
         if relation:
             raise DataError(f"{flag} {path} {relation} the input {source}; write outputs somewhere apart from the inputs")
     if kind == "dir" and os.path.exists(resolved) and not os.path.isdir(resolved):

@@ -10,29 +10,75 @@ bars and the workers' own output go to the logs (``O/logs/run.log`` for the driv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
+import threading
+from typing import Callable, Iterator
 
 import ray
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> None:
-    """Join the cluster named by ``--address``/RAY_ADDRESS (as under ``ray job submit``), else start locally."""
+def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> str:
+    """Join the cluster named by ``--address``/RAY_ADDRESS (as under ``ray job submit``), else start locally.
+    Returns the dashboard's address as Ray gives it ("127.0.0.1:8265"), or "" (no dashboard, or Ray was
+    already started by someone else)."""
     verbose = getattr(args, "verbose", False)
     if ray.is_initialized():
         configure_logging(verbose, log_dir)
-        return
+        return ""
     if log_dir and not verbose:
         native_output_to(os.path.join(log_dir, "native.log"))
     configure_logging(verbose, log_dir)
     address = args.address or os.environ.get("RAY_ADDRESS")
     # "local" starts a fresh instance rather than joining whatever cluster ran here last.
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": args.num_cpus}
-    ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
+    context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
     quiet_ray_data(verbose)
+    route_raylet_messages(verbose)
+    return getattr(context, "dashboard_url", "") or ""
+
+
+@contextlib.contextmanager
+def watching_ctrl_c() -> Iterator[Callable[[], bool]]:
+    """Yields a function telling whether a SIGINT arrived inside the block, whoever handled it.
+
+    Ray Train v2's ``fit()`` installs its own SIGINT handler (it aborts the run, then exits the process or
+    lets the dead controller's error surface), so neither our handler nor KeyboardInterrupt sees a Ctrl-C.
+    Python's C-level handler writes every signal's number to the wakeup fd before any Python handler
+    runs: that is where we look. On leaving, the wakeup fd and the SIGINT handler are put back (Ray leaves
+    its handler installed). Off the main thread (a Tune trial) signals never arrive: always False.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    receiver, sender = socket.socketpair()
+    receiver.setblocking(False)
+    sender.setblocking(False)
+    handler = signal.getsignal(signal.SIGINT)
+    previous = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+    seen = False
+
+    def interrupted() -> bool:
+        nonlocal seen
+        with contextlib.suppress(BlockingIOError, OSError):
+            while data := receiver.recv(512):
+                seen = seen or signal.SIGINT in data
+        return seen
+
+    try:
+        yield interrupted
+    finally:
+        interrupted()
+        signal.set_wakeup_fd(previous)
+        signal.signal(signal.SIGINT, handler)
+        receiver.close()
+        sender.close()
 
 
 def native_output_to(path: str) -> None:
@@ -48,10 +94,20 @@ def native_output_to(path: str) -> None:
 
 
 def configure_logging(verbose: bool, log_dir: str | None) -> None:
-    """Everything at INFO to ``log_dir/run.log``; on the console only errors, or everything with --verbose."""
+    """Everything at INFO to ``log_dir/run.log``; on the console only errors, or everything with --verbose.
+
+    Library warnings take the same road: ``warnings.warn`` (matplotlib's UserWarnings) is routed into
+    logging, and a console handler some library put on the root logger (``logging.basicConfig`` at import,
+    as onnxruntime's quantizer does, or implicitly by a module-level ``logging.warning``) is replaced by ours.
+    """
     root, ray_logger = logging.getLogger(), logging.getLogger("ray")
     root.setLevel(logging.INFO)
-    for handler in [h for h in root.handlers if getattr(h, "cars_ray", False)]:
+    # Off, then on: a capture made earlier in this process under other warning filters would be kept as is.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    for handler in [h for h in root.handlers if getattr(h, "cars_ray", False) or (
+            type(h) is logging.StreamHandler and h.stream in consoles)]:
         root.removeHandler(handler)
     # Ray's logger prints to the console on its own (and ray.init drops its handlers, leaving Python's
     # last-resort printer): let its records reach the root's handlers below instead.
@@ -70,6 +126,44 @@ def configure_logging(verbose: bool, log_dir: str | None) -> None:
         log_file.cars_ray = True
         log_file.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(log_file)
+
+
+class WarningCount(logging.Handler):
+    """Counts WARNING-and-above records (and keeps the first message) of a quiet console's libraries,
+    so a pipeline without a log file can say how many it kept off the console."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count, self.first = 0, ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        self.first = self.first or record.getMessage().strip().splitlines()[0][:160]
+
+
+def route_raylet_messages(verbose: bool) -> None:
+    """The raylet's warnings to this driver ("(raylet) WARNING: 10 PYTHON worker processes have been
+    started ...") print to stdout whatever ``log_to_driver`` says: Ray has no switch for them. Without
+    --verbose they go to the ``ray.raylet`` logger instead (run.log), with --verbose to the console as Ray
+    prints them. ``print_to_stdstream`` is Ray's internal printer; without log_to_driver its only caller
+    is the thread that relays these messages."""
+    import ray._private.worker as ray_worker
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    original = getattr(printer, "cars_ray_original", printer)
+    if original is None:
+        return
+    if verbose:
+        ray_worker.print_to_stdstream = original
+        return
+    logger = logging.getLogger("ray.raylet")
+
+    def to_log(data, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            logger.warning("(%s) %s", data.get("pid", "raylet"), line)
+
+    to_log.cars_ray_original = original
+    ray_worker.print_to_stdstream = to_log
 
 
 def quiet_ray_data(verbose: bool) -> None:

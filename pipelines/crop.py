@@ -14,7 +14,7 @@ import os
 import time
 
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
-from cars_ray.data.crop import CROP_OUTPUTS, crop_dataset
+from cars_ray.data.crop import CLAMPED, CROP_OUTPUTS, crop_dataset
 from cars_ray.data.inspection import samples_figure
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.errors import DataError
@@ -24,7 +24,7 @@ from cars_ray.runtime import add_ray_arguments, init_ray
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, a CSV manifest file, or demo (the sample shipped in the package)")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--margin", type=float, default=0.0, help="grow each box by this fraction of its size")
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     report["seconds"] = {"ray_start": round(ray_started - started, 2), "crop": round(elapsed, 2)}
     report["images_per_second"] = round(report["num_images"] / elapsed, 1) if elapsed > 0 else None
     write_json(os.path.join(output_dir, "crop_report.json"), report)
-    print(f"written {report['written']}, already present {report['already_present']}, "
+    print(f"written {report['written']} (of which {report['clamped']} from boxes clamped to the image), "
+          f"already present {report['already_present']}, "
           f"skipped {report['skipped']} ({report['skipped_while_cropping']} while cropping, "
           f"{report['skipped_while_reading']} while reading the annotations), ignored {report['ignored']} folder "
           f"entr(ies) ({report['images_per_second']} images/s, Ray start "
@@ -60,7 +61,9 @@ def main(argv=None) -> int:
         print(f"  skipped {item['path']}: {item['reason']}")
     for item in report["ignored_items"][:20]:
         print(f"  ignored {item['path']}: {item['reason']}")
-    for item in report["notes"][:20]:
+    for item in report["clamped_items"][:20]:
+        print(f"  clamped {item['path']}: {item['reason']}")
+    for item in [item for item in report["notes"] if CLAMPED not in item["note"]][:20]:  # clamps are listed above
         print(f"  note {item['path']}: {item['note']}")
     if args.show_classes:
         cropped = read_dataset(output_dir, "folder")

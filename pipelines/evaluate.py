@@ -28,7 +28,7 @@ from cars_ray.checkpoint import check_classes, read_meta
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. O/best of train.py)")
-    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, a CSV manifest file, or demo (the sample shipped in the package)")
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--split-file", default=None, help="path,class_id,split file (e.g. split.csv)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="rows of --split-file to evaluate")
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         shown = ", ".join(metrics["not_scored"][:10]) + (" ..." if len(metrics["not_scored"]) > 10 else "")
         print(f"warning: {len(metrics['not_scored'])} of {metrics['num_listed']} images could not be decoded and are "
               f"not scored (listed in metrics.json): {shown}")
-    print(f"wrote metrics.json, per_class.csv, confused_pairs.csv, predictions.csv, confusion_matrix.png to {args.output_dir}")
+    print(f"wrote {', '.join(EVALUATION_OUTPUTS)} to {args.output_dir}")
     return EXIT_OK
 
 

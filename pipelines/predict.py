@@ -18,6 +18,7 @@ import sys
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
 from cars_ray.evaluate.predictor import backend_info
+from cars_ray.data.layouts import resolve_root
 from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
 from cars_ray.runtime import add_ray_arguments, init_ray
 
@@ -48,7 +49,11 @@ def main(argv=None) -> int:
 
     backend_info(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
     paths = expand_inputs(args.input)
-    output = check_output_path(args.output, "file", [args.checkpoint, *args.input], "--output")
+    # The CSV may go beside the images; it must not replace one of them or a checkpoint file.
+    reads = paths + ([os.path.join(args.checkpoint, name) for name in os.listdir(args.checkpoint)]
+                     if os.path.isdir(args.checkpoint) else [])
+    output = check_output_path(args.output, "file", [args.checkpoint, *map(resolve_root, args.input)], "--output",
+                               reads=reads)
     check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,
                          "the folder of --output", can_resume=False)
     init_ray(args)

@@ -5,11 +5,13 @@
 
 The same inputs give a byte-identical file. `official` keeps the dataset's own test images
 as test and carves validation from its training images. An existing --out file is replaced only
-with --overwrite, and never when it is one of the inputs. Classes too small to give a
-validation or test row are named in a warning. Exact copies of an image (identical bytes) always land
-in one split; --drop-duplicates keeps only the first copy (by path) of each, counting and naming the
-rest. Rows of the data that are not split (unlabelled, unreadable annotations, ignored files) are
-counted and named on the console.
+with --overwrite, and never when it replaces one of the dataset's files (a new file beside the
+images is fine). Every class keeps at least one training row (where the rounded parts would take
+all its images, validation gives way first, then test); classes too small to give a requested
+validation or test row, or left without a training row, are named in a warning with their counts.
+Exact copies of an image (identical bytes) always land in one split; --drop-duplicates keeps only
+the first copy (by path) of each, counting and naming the rest. Rows of the data that are not split
+(unlabelled, unreadable annotations, ignored files) are counted and named on the console.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
-from cars_ray.data.layouts import LAYOUTS, read_dataset
+from cars_ray.data.layouts import LAYOUTS, dataset_files, read_dataset
 from cars_ray.data.split import (PROTOCOLS, drop_duplicates, exact_duplicates, keep_copies_together, split_warnings,
                                  stratified_split, write_split)
 from cars_ray.outputs import check_earlier_output, check_output_path
@@ -25,7 +27,7 @@ from cars_ray.outputs import check_earlier_output, check_output_path
 
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
-    parser.add_argument("--root-dir", required=True, help="dataset folder, or a CSV manifest file")
+    parser.add_argument("--root-dir", required=True, help="dataset folder, a CSV manifest file, or demo (the sample shipped in the package)")
     parser.add_argument("--out", required=True, help="split file to write")
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--val", type=float, default=0.1, help="validation fraction per class (default 0.1)")
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
     check_number(args.test, "--test", 0, 1)
 
     manifest = read_dataset(args.root_dir, args.layout)
-    out = check_output_path(args.out, "file", [args.root_dir, manifest.root], "--out")
+    # A split file beside the images is the usual place; it must only not replace one of the dataset's files.
+    out = check_output_path(args.out, "file", [args.root_dir, manifest.root], "--out", reads=dataset_files(manifest))
     check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
                          can_resume=False)
     for line in manifest.reading_summary():
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
         split, moved = keep_copies_together(split, groups)
         print(f"{len(groups)} group(s) of exact duplicates kept in one split each ({moved} row(s) moved, swapped with "
               "an image of the same class so per-class counts hold); --drop-duplicates leaves the copies out")
-    for warning in split_warnings(split, manifest.class_names):
+    for warning in split_warnings(split, manifest.class_names, args.val, args.test if args.protocol == "random" else None):
         print(f"warning: {warning}")
     write_split(split, out)
     counts = split.split.value_counts()

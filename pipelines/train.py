@@ -22,7 +22,7 @@ from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, init_ray
 
 # What a run writes into its output folder (ray_results/<run_name> is named by the config).
-RUN_OUTPUTS = ("config.yaml", "metrics.csv", "best", "evaluation")
+RUN_OUTPUTS = ("config.yaml", "split.csv", "metrics.csv", "best", "evaluation")
 
 
 def main(argv=None) -> int:
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     os.makedirs(output_dir, exist_ok=True)
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
-    init_ray(args, os.path.join(output_dir, "logs"))
+    dashboard = init_ray(args, os.path.join(output_dir, "logs"))
     with progress_console() as board:
-        outcome = fit(cfg, output_dir, resume=args.resume, data=data, progress=board)
+        outcome = fit(cfg, output_dir, resume=args.resume, data=data, progress=board, dashboard=dashboard)
     print(results_table(outcome, time.perf_counter() - started))
     return EXIT_OK
 

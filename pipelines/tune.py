@@ -21,7 +21,7 @@ from cars_ray.errors import ConfigError
 from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
 from cars_ray.runtime import add_ray_arguments, init_ray
 
-SEARCH_OUTPUTS = ("config.yaml", "tune_results.csv", "tune.png", "best", "evaluation", "ray_results")
+SEARCH_OUTPUTS = ("config.yaml", "split.csv", "tune_results.csv", "search.json", "tune.png", "best", "evaluation", "ray_results")
 
 
 def main(argv=None) -> int:
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
     init_ray(args, os.path.join(output_dir, "logs"))
-    outcome = run_search(cfg, output_dir, resume=args.resume, data=data)
+    outcome = run_search(cfg, output_dir, resume=args.resume, data=data, verbose=args.verbose)
     metric = f"best_{cfg.tune.metric}"
     columns = ["trial_id"] + [c for c in outcome.table.columns if c.startswith("param.")] + \
               [metric, "epochs_run", "stopped_by_scheduler"]

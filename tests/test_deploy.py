@@ -104,3 +104,20 @@ def test_a_cpu_only_worker_group_feeds_the_streaming_path(kind):
     requests = groups["cpu"]["template"]["spec"]["containers"][0]["resources"]["requests"]
     assert "nvidia.com/gpu" not in requests and int(requests["cpu"]) >= 8
     assert "nvidia.com/gpu" in groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+
+
+@pytest.mark.parametrize("has_gpu, gpus", [(False, 0), (True, 0.25)])
+def test_serve_config_asks_for_a_gpu_share_only_where_the_cluster_has_gpus(has_gpu, gpus):
+    """`serve deploy serve/config.yaml` on a CPU-only local head must not wait forever for a GPU: the replica's
+    resources come from serve.app:build (as on `serve run`), not fixed in the config, and the smallest app
+    fits a 2-CPU head."""
+    from serve.app import replica_resources
+
+    app = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert "ray_actor_options" not in deployments["Classifier"], "fixed replica resources override the builder's"
+    resolved = replica_resources(app["args"], app["args"]["checkpoint"], app["args"]["backend"], has_gpu=has_gpu)
+    assert resolved == {"num_cpus": 1.0, "num_gpus": gpus}
+    smallest = resolved["num_cpus"] * deployments["Classifier"]["autoscaling_config"]["min_replicas"] + \
+        deployments["CarsAPI"]["ray_actor_options"]["num_cpus"]
+    assert smallest <= 2

@@ -36,6 +36,11 @@ def world(tmp_path_factory) -> dict[str, str]:
     for name in ("Alpha", "Beta"):
         (unreadable / name).mkdir(parents=True)
         (unreadable / name / "a.jpg").write_bytes(b"not a jpeg")
+    other = base / "other_classes"  # four classes, not the checkpoint's four
+    for name in ("Audi TTS Coupe 2012", "BMW M3 Coupe 2012", "Fiat 500 Convertible 2012", "Smart fortwo 2012"):
+        make_image(other / name / "a.jpg", (40, 30))
+    (base / "other_split.csv").write_text("path,class_id,split\n" + "".join(
+        f"{name}/a.jpg,{i + 1},val\n" for i, name in enumerate(sorted(p.name for p in other.iterdir()))))
     existing_file = base / "existing.txt"
     existing_file.write_text("a user's file\n")
     existing_dir = base / "existing_dir"
@@ -50,7 +55,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     earlier_export = base / "earlier.onnx"
     earlier_export.write_bytes(b"an earlier export")
     return {"root": str(root), "csv": str(boxed / "m.csv"), "csv_dir": str(boxed), "ckpt": str(checkpoint),
-            "no_model": str(no_model), "unreadable": str(unreadable), "file": str(existing_file),
+            "no_model": str(no_model), "other": str(other),
+            "other_split": str(base / "other_split.csv"), "unreadable": str(unreadable), "file": str(existing_file),
             "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new")}
 
 
@@ -66,6 +72,13 @@ CASES = [
     ("crop-inside-its-dataset", "crop.py", ["--root-dir", "{root}", "--output-dir", "{root}/crops"], 2,
      "lies inside the input", "{root}/crops"),
     ("split-over-its-manifest", "split.py", ["--root-dir", "{csv}", "--out", "{csv}"], 2, "is the input", None),
+    ("split-over-the-datasets-names", "split.py", ["--root-dir", "{root}", "--out", "{root}/names.csv", "--overwrite"], 2,
+     "would replace a file of the input", None),
+    ("split-over-an-image", "split.py", ["--root-dir", "{root}", "--out", "{root}/Zeta Coupe 2012/0_000.jpg", "--overwrite"],
+     2, "would replace a file of the input", None),
+    ("predict-over-an-input-image", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--overwrite",
+                                                   "--output", "{root}/Zeta Coupe 2012/0_000.jpg"], 2,
+     "would replace a file of the input", None),
     ("predict-output-is-a-folder", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--output", "{dir}"], 2,
      "is a folder; it must name a file", None),
     ("crop-output-is-a-file", "crop.py", ["--root-dir", "{root}", "--output-dir", "{file}"], 2,
@@ -95,6 +108,17 @@ CASES = [
      "is not empty and holds no earlier crop", None),
     ("predict-over-an-existing-file", "predict.py", ["--checkpoint", "{ckpt}", "--input", "{root}", "--output", "{file}"], 2,
      "replace it with --overwrite", None),
+    ("export-int8-checked-on-other-classes", "export.py", ["--checkpoint", "{ckpt}", "--out", "{new}/q.onnx", "--int8",
+                                                           "--root-dir", "{other}", "--split-file", "{other_split}"], 2,
+     "class 1 is 'Zeta Coupe 2012' in the checkpoint but 'Audi TTS Coupe 2012' in", "{new}/q.onnx"),
+    ("export-int8-checked-on-fewer-classes", "export.py", ["--checkpoint", "{ckpt}", "--out", "{new}/q2.onnx", "--int8",
+                                                           "--root-dir", "{unreadable}", "--split-file", "{other_split}"], 2,
+     "the checkpoint has 4 classes but", "{new}/q2.onnx"),
+    ("evaluate-demo-with-other-classes", "evaluate.py", ["--checkpoint", "{ckpt}", "--root-dir", "demo", "--output-dir",
+                                                         "{new}/ev-demo"], 2, "the checkpoint has 4 classes but demo has 10", "{new}/ev-demo"),
+    ("export-int8-checked-on-the-demo", "export.py", ["--checkpoint", "{ckpt}", "--out", "{new}/q3.onnx", "--int8",
+                                                      "--root-dir", "demo", "--split-file", "{other_split}"], 2,
+     "the checkpoint has 4 classes but demo has 10", "{new}/q3.onnx"),
     ("export-over-an-earlier-export", "export.py", ["--checkpoint", "{ckpt}", "--out", "{onnx}"], 2,
      "replace it with --overwrite", None),
     ("evaluate-over-an-earlier-evaluation", "evaluate.py", ["--checkpoint", "{ckpt}", "--root-dir", "{root}",
@@ -113,7 +137,7 @@ CASES = [
 
 @pytest.mark.parametrize("case, script, arguments, code, words, output", CASES, ids=[c[0] for c in CASES])
 def test_fault(world, case, script, arguments, code, words, output):
-    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx")]
+    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx", "other")]
     before = tree_hash(*inputs)
     exit_code, _, stderr = call_pipeline(script, *[argument.format(**world) for argument in arguments])
     assert exit_code == code, stderr[-2000:]
@@ -145,3 +169,40 @@ def test_split_warns_about_classes_too_small_for_validation(tmp_path):
     again, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"))
     assert again == 2 and "replace it with --overwrite" in stderr
     assert call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"), "--overwrite")[0] == 0
+
+
+def test_split_file_beside_the_images_as_the_readme_cluster_command_writes_it(tmp_path):
+    """README: `split.py --root-dir /data/crops --out /data/crops/split.csv`; then again with --overwrite."""
+    root = write_class_folders(tmp_path / "crops", 10, (32, 24))
+    images = sorted(p for p in root.rglob("*.jpg"))
+    before = tree_hash(root)
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(root / "split.csv"))
+    assert code == 0, stderr
+    assert stdout.strip().splitlines()[-1] == f"wrote {root / 'split.csv'}: train 28, val 4, test 8"
+    assert (root / "split.csv").read_text().count("\n") == len(images) + 1
+    code, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(root / "split.csv"), "--overwrite")
+    assert code == 0, stderr
+    (root / "split.csv").unlink()
+    assert tree_hash(root) == before, "an input file changed"
+
+
+def test_export_names_a_gain_as_a_gain():
+    from helpers.entry_points import load_pipeline
+
+    points_changed = load_pipeline("export.py").points_changed
+    assert points_changed(0.38) == "0.38 points lost"
+    assert points_changed(0.0) == "0.00 points lost"
+    assert points_changed(-2.5) == "2.50 points gained"
+
+
+def test_demo_names_the_packaged_sample_for_every_root_dir(tmp_path):
+    """`--root-dir demo` is the sample shipped in the package, as `data.root_dir: demo` is in configs."""
+    from cars_ray.data.layouts import read_dataset, resolve_root
+    from cars_ray.evaluate.batch_predict import expand_inputs
+
+    sample = resolve_root("demo")
+    assert sample.endswith("cars_ray/data/demo/images") and read_dataset("demo").root == sample
+    assert len(expand_inputs(["demo"])) == 396
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", "demo", "--out", str(tmp_path / "s.csv"))
+    assert code == 0, stderr
+    assert stdout.strip().splitlines()[-1].endswith("s.csv: train 277, val 40, test 79")

@@ -159,9 +159,7 @@ def test_backend_choice_overrides_and_refusals(checkpoint, tmp_path):
     assert replica_resources({}, str(checkpoint), "auto", has_gpu=True) == {"num_cpus": 1.0, "num_gpus": 0.25}
     assert replica_resources({}, str(checkpoint), "onnx", has_gpu=True)["num_gpus"] == 0
     assert replica_resources({}, str(checkpoint), "auto", has_gpu=False)["num_gpus"] == 0
-    config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
-    classifier = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Classifier")
-    assert classifier["ray_actor_options"]["num_gpus"] == 0.25
+    # serve/config.yaml's resources on a CPU-only or a GPU cluster: tests/test_deploy.py
 
 
 def test_onnx_cache_refuses_an_export_that_fails_parity(checkpoint, tmp_path, monkeypatch):

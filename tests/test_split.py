@@ -52,3 +52,79 @@ def test_split_reproduces_benchmark_class_balance(shared_data, tmp_path):
     ours = pd.read_csv(out).groupby(["class_id", "split"]).size()
     reference = pd.read_csv(shared_data / "split.csv").groupby(["class_id", "split"]).size()
     assert ours.equals(reference)
+
+
+def small_classes(root):
+    """Four classes of 2, 3, 5 and 5 images (Zeta, Alpha, Ram, Beta in class-id order)."""
+    from helpers.data import write_class_folders
+
+    write_class_folders(root, 5, (24, 16))
+    for folder, keep in (("Zeta Coupe 2012", 2), ("Alpha Sedan 2010", 3)):
+        for extra in sorted((root / folder).iterdir())[keep:]:
+            extra.unlink()
+    return root
+
+
+@pytest.mark.parametrize("fractions, counts, warnings", [
+    (["--val", "0.1"], {"Zeta Coupe 2012": (2, 0, 0), "Alpha Sedan 2010": (2, 0, 1),
+                        "Ram C/V Cargo Van Minivan 2012": (4, 0, 1), "Beta SUV 2007": (4, 0, 1)},
+     ["warning: 4 class(es) get no validation rows, too few images: Zeta Coupe 2012 (2 images), Alpha Sedan 2010 "
+      "(3 images), Ram C/V Cargo Van Minivan 2012 (5 images), Beta SUV 2007 (5 images)",
+      "warning: 1 class(es) get no test rows, too few images: Zeta Coupe 2012 (2 images)"]),
+    (["--val", "0.3", "--test", "0.3"], {"Zeta Coupe 2012": (1, 0, 1), "Alpha Sedan 2010": (1, 1, 1),
+                                         "Ram C/V Cargo Van Minivan 2012": (1, 2, 2), "Beta SUV 2007": (1, 2, 2)},
+     ["warning: 1 class(es) get no validation rows, too few images: Zeta Coupe 2012 (2 images)"]),
+])
+def test_small_classes_keep_a_training_row_and_are_named(tmp_path, fractions, counts, warnings):
+    from helpers.entry_points import call_pipeline
+
+    root = small_classes(tmp_path / "small")
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"), *fractions)
+    assert code == 0, stderr
+    assert [line for line in stdout.splitlines() if line.startswith("warning:")] == warnings
+    split = pd.read_csv(tmp_path / "s.csv")
+    names = read_dataset(root).class_names
+    got = {names[c - 1]: tuple(int((rows.split == part).sum()) for part in ("train", "val", "test"))
+           for c, rows in split.groupby("class_id")}
+    assert got == counts
+    assert len(split) == 15  # no image dropped
+
+
+def test_official_protocol_names_a_class_with_only_test_images():
+    from cars_ray.data.manifest import Manifest, make_table
+    from cars_ray.data.split import split_warnings
+
+    rows = [{"path": f"/d/{i}.jpg", "rel_path": f"{i}.jpg", "class_index": i // 3, "orig_split": "test" if i >= 3 or i == 0 else "train"}
+            for i in range(6)]
+    manifest = Manifest(make_table(rows), ["A", "B"], "csv", "/d")
+    split = stratified_split(manifest, val=0.5, protocol="official")
+    assert split.groupby(["class_id", "split"]).size().to_dict() == {
+        (1, "test"): 1, (1, "train"): 1, (1, "val"): 1, (2, "test"): 3}
+    assert split_warnings(split, manifest.class_names, 0.5, None) == [
+        "1 class(es) get no training rows, no image outside the official test set: B (3 images)",
+        "1 class(es) get no validation rows, too few images: B (3 images)"]
+
+
+def test_official_protocol_on_a_crop_output_reads_its_crops_csv(tmp_path):
+    """crop.py's output reads back as the folder layout, without original splits; crops.csv keeps them."""
+    from helpers.data import write_class_folders
+    from helpers.entry_points import call_pipeline
+
+    root = write_class_folders(tmp_path / "crops", 4, (24, 16))
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    official = {path: "test" if path.endswith("_003.jpg") else "train" for path in images}
+    names = read_dataset(root).class_names
+    by_folder = {name.replace("/", "-"): i + 1 for i, name in enumerate(names)}
+    (root / "crops.csv").write_text("path,class_id,split\n" + "".join(
+        f"{path},{by_folder[path.split('/')[0]]},{official[path]}\n" for path in images))
+    code, stdout, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"),
+                                         "--protocol", "official", "--val", "0.34")
+    assert code == 0, stderr
+    split = pd.read_csv(tmp_path / "s.csv")
+    assert sorted(split.loc[split.split == "test", "path"]) == sorted(p for p in images if official[p] == "test")
+    assert split.split.value_counts().to_dict() == {"train": 8, "test": 4, "val": 4}
+
+    (root / "crops.csv").unlink()
+    code, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s2.csv"),
+                                    "--protocol", "official")
+    assert code == 2 and "keeps them in its crops.csv, absent here); use --protocol random" in stderr.strip().splitlines()[-1]

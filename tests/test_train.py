@@ -7,6 +7,7 @@ backbone, without Ray: tests/test_training_run.py."""
 from __future__ import annotations
 
 import functools
+import os
 import json
 import sys
 import time
@@ -59,6 +60,9 @@ def test_two_epochs_lower_the_loss_and_write_outputs(baseline_run):
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.png", "confused_pairs.csv", "errors.png", "per_class.png"):
         assert (output / "evaluation" / name).exists(), name
     assert baseline_run.test_metrics["num_images"] == 16
+    used = pd.read_csv(output / "split.csv")
+    assert list(used.columns) == ["path", "class_id", "split"] and len(used) == 64
+    assert used.split.value_counts().to_dict() == {"train": 32, "val": 16, "test": 16}
     assert (output / "curves.png").stat().st_size > 10_000 and (output / "report.html").exists()
     assert json.loads((output / "run.json").read_text())["epochs_run"] == 2
     assert list((output / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard scalars and figures"
@@ -210,6 +214,21 @@ def test_evaluate_pipeline_on_split_file(baseline_run, train_root, tmp_path):
 
 
 
+def test_a_runs_test_rows_are_evaluated_again_from_its_split_file(baseline_run, train_root, tmp_path):
+    """The README: `evaluate.py --root-dir <data> --split-file O/split.csv --split test` gives the run's test figure."""
+    code, stdout, stderr = call_pipeline("evaluate.py", "--checkpoint", baseline_run.best_dir, "--root-dir", str(train_root),
+                                         "--split-file", os.path.join(baseline_run.output_dir, "split.csv"), "--split", "test",
+                                         "--output-dir", str(tmp_path / "again"))
+    assert code == 0, stderr[-3000:]
+    wrote = stdout.strip().splitlines()[-1]  # every file it wrote, and only those
+    assert wrote.startswith("wrote ") and wrote.endswith(f" to {tmp_path / 'again'}")
+    named = wrote[len("wrote "):-len(f" to {tmp_path / 'again'}")].split(", ")
+    assert sorted(named) == sorted(p.name for p in (tmp_path / "again").iterdir() if p.name != "logs")
+    metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert metrics["num_images"] == baseline_run.test_metrics["num_images"] == 16
+    assert metrics["top1"] == pytest.approx(baseline_run.test_metrics["top1"])
+
+
 def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, train_root, tmp_path):
     """Static int8 of the trained baseline: calibrated on its training images it keeps top-1 on the val rows;
     calibrated on featureless grey frames its activation ranges are wrong, and the export is refused, nothing written."""
@@ -224,6 +243,7 @@ def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, t
                                    "--int8", "--calibration-dir", str(train_root), *check)
     assert code == 0, out + err
     assert "32 'val' images" in out and "wrote" in out and (tmp_path / "good.onnx").is_file()
+    assert "WARNING" not in err and "Quantized bias" not in out + err  # the quantizer's log lines: off the console
     from cars_ray.evaluate.predictor import is_int8_onnx
 
     assert is_int8_onnx(str(tmp_path / "good.onnx"))
@@ -251,3 +271,38 @@ def test_streaming_two_workers_resume_redo_the_epoch_with_equal_full_batches(ray
     assert list(history.val_images) == [16] * 2
     summary = json.loads((tmp_path / "run.json").read_text())
     assert summary["pipeline"] == "streaming" and summary["pipeline_reason"].startswith("streaming: set by data.pipeline")
+
+
+def test_ctrl_c_during_training_exits_130_naming_resume(train_root, tmp_path):
+    """A user's Ctrl-C once epochs run (Ray Train v2 handles SIGINT itself): exit 130 and one sentence with
+    --resume, as tune.py. A real process: the signal must reach the driver's main thread. Its setup line names
+    the local dashboard."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, "pipelines/train.py", "--config", "configs/demo.yaml", "--output-dir", str(out), "--num-cpus", "2",
+         f"data.root_dir={train_root}", "data.image_size=32", "data.batch_size=8", "model.backbone=test_efficientnet",
+         "model.weights=none", "train.epochs=200", "train.channels_last=false", "data.augment=none"],
+        cwd=Path(__file__).resolve().parents[1], env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("[cars_ray] epoch "):  # training has started: the first epoch's summary line
+                proc.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert any(line.startswith("[cars_ray] epoch ") for line in lines), "\n".join(lines)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: training was stopped before its end; its checkpoints are in {out}/ray_results/demo: "
+        f"continue it with --resume --output-dir {out}")
+    assert "Traceback" not in stderr
+    setup = next(line for line in lines if "classes; train" in line)  # the setup line names the dashboard
+    assert "; Ray dashboard http://127.0.0.1:" in setup, setup

@@ -34,13 +34,15 @@ def tune_overrides(root, *extra):
             "tune.max_concurrent_trials=1", "tune.metric=val_loss", "tune.mode=min", *extra]
 
 
-def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune_root, tmp_path):
+def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune_root, tmp_path, capsys):
     from cars_ray.tune.runner import run_search
 
     # Two trials at a time (one CPU each): the hopeless one starts last, when earlier trials' first epochs
     # are in for ASHA to compare it with.
     cfg = load_config("configs/tune_demo.yaml", tune_overrides(tune_root, "tune.max_concurrent_trials=2"))
     outcome = run_search(cfg, str(tmp_path))
+    console = capsys.readouterr().out  # quiet: a line per trial result, no Tune status tables
+    assert "[cars_ray] trial " in console and "Trial status" not in console and "+---" not in console, console[-3000:]
     table = pd.read_csv(tmp_path / "tune_results.csv")
     assert len(table) == 3 and (tmp_path / "tune.png").stat().st_size > 10_000
     assert table.error.isna().all(), table[["trial_id", "error"]].to_string()  # e.g. a process reused too early
@@ -56,6 +58,10 @@ def test_search_writes_results_and_asha_stops_the_hopeless_trial(ray_local, tune
     assert outcome.test_metrics["num_images"] == 20
     assert list((tmp_path / "ray_results" / "tune").glob("*/events.out.tfevents.*")), "TensorBoard logs"
     assert (tmp_path / "curves.png").exists() and "Trials" in (tmp_path / "report.html").read_text()
+    search = json.loads((tmp_path / "search.json").read_text())  # compare.py's figures for a search
+    assert search["best_trial"] == table.trial_id.iloc[0] and search["wall_seconds"] > 0
+    assert search["images_per_second"] == pytest.approx(table.images_per_second.iloc[0]) and search["images_per_second"] > 0
+    assert len(pd.read_csv(tmp_path / "split.csv")) == len(pd.read_csv(tmp_path / "split.csv").drop_duplicates("path"))
 
     # --resume of a search whose trials all finished reruns none of them (an interrupted search with some
     # trials running: tests/test_multinode.py).

@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.images import EXIF_NOTE, clamp_box, open_rgb
+from cars_ray.data.images import EXIF_NOTE, box_problem, clamp_box, open_rgb
 from cars_ray.data.manifest import Manifest, folder_name
 from cars_ray.errors import DataError, ImageError
 from cars_ray.outputs import write_atomic, write_csv
@@ -27,6 +27,7 @@ from cars_ray.storage import check_shared_input
 JPEG_QUALITY = 95
 CROP_OUTPUTS = ("crop_report.json", "crops.csv")  # what marks a folder as an earlier crop's output
 UNLABELLED_FOLDER = "_unlabelled"
+CLAMPED = "clamped to the image"  # the note of a crop whose box lay past the border
 BLOCKS_PER_CPU = 4  # enough blocks to balance load and show progress, few enough to keep task overhead low
 
 
@@ -70,19 +71,26 @@ def unique_names(stems: list[str], suffixes: list[str], sources: list[str]) -> l
 
 
 def crop_one(row: dict, margin: float) -> tuple[str, str, bytes]:
-    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``;
-    a cropped image's reason holds the decode's note, if any (an unreadable EXIF block)."""
+    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``.
+    A cropped image's reason is empty or its notes joined by "; ": the decode's (an unreadable EXIF block)
+    and, for a box past the image border, ``box_problem``'s sentence (the one inspect_data reports) with
+    CLAMPED after it."""
+    notes = []
     try:
         image = open_rgb(row["path"])
-        note = image.info.get(EXIF_NOTE, "")
+        if image.info.get(EXIF_NOTE):
+            notes.append(image.info[EXIF_NOTE])
         if not np.isnan(row["x1"]):
             box = (row["x1"], row["y1"], row["x2"], row["y2"])
+            problem = box_problem(box, image.width, image.height)
             image = image.crop(clamp_box(box, image.width, image.height, margin))
+            if problem:
+                notes.append(f"{problem}; {CLAMPED}")
     except ImageError as err:
         return "skipped", str(err), b""
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=JPEG_QUALITY)
-    return "cropped", note, encoded.getvalue()
+    return "cropped", "; ".join(notes), encoded.getvalue()
 
 
 def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
@@ -94,12 +102,9 @@ def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
     })
 
 
-def _with_note(saved: tuple[str, str], note: str) -> tuple[str, str]:
-    return saved if saved[1] or not note else (saved[0], note)
-
-
-def save_crop(path: str, encoded: bytes) -> tuple[str, str]:
-    """Write one crop atomically (a crash never leaves a partial file): (status, reason)."""
+def save_crop(path: str, encoded: bytes, note: str = "") -> tuple[str, str]:
+    """Write one crop atomically (a crash never leaves a partial file): (status, reason); a written
+    crop keeps ``note`` (``crop_one``'s notes) as its reason."""
     def dump(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             handle.write(encoded)
@@ -107,7 +112,7 @@ def save_crop(path: str, encoded: bytes) -> tuple[str, str]:
         write_atomic(path, dump)
     except OSError as err:
         return "skipped", f"write failed: {err}"
-    return "written", ""
+    return "written", note
 
 
 def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overwrite: bool = False) -> dict:
@@ -135,7 +140,7 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
         crops = dataset_from_frame(todo[["row_id", "path", "x1", "y1", "x2", "y2"]], rows_per_block).map_batches(
             crop_batch, batch_format="pandas", batch_size=None, fn_kwargs={"margin": margin})
         for batch in crops.iter_batches(batch_format="pandas", batch_size=None):
-            saved = [_with_note(save_crop(out_paths[row_id], encoded), reason) if status == "cropped" else (status, reason)
+            saved = [save_crop(out_paths[row_id], encoded, reason) if status == "cropped" else (status, reason)
                      for row_id, status, reason, encoded in zip(batch.row_id, batch.status, batch.reason, batch.jpeg)]
             outcomes.append(pd.DataFrame({"row_id": batch.row_id.to_numpy(), "status": [s for s, _ in saved],
                                           "reason": [r for _, r in saved]}))
@@ -160,7 +165,8 @@ def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, marg
     with a remark (an EXIF block ignored); ``ignored`` the folder entries left out (junk, extensions)."""
     counts = results.status.value_counts()
     skipped = results[results.status == "skipped"]
-    noted = results[results.status.isin(["written"]) & (results.reason.fillna("") != "")]
+    noted = results[(results.status == "written") & (results.reason.fillna("") != "")]
+    clamped = noted[noted.reason.str.contains(CLAMPED, regex=False)]
     items = ([{"path": p, "reason": r} for p, r in zip(skipped.path, skipped.reason)]
              + [{"path": p["path"], "reason": p["reason"]} for p in manifest.problems])
     return {
@@ -178,4 +184,7 @@ def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, marg
         "ignored": len(manifest.ignored),
         "ignored_items": manifest.ignored,
         "reading_problems": len(manifest.problems),
+        # Written, but from a box past the image border (inspect_data's "box outside the image"), cut at the border.
+        "clamped": int(len(clamped)),
+        "clamped_items": [{"path": p, "reason": r} for p, r in zip(clamped.path, clamped.reason)],
     }

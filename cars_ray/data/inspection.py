@@ -132,12 +132,15 @@ def _size_stats(readable: pd.DataFrame) -> dict:
     return stats
 
 
-def format_summary(report: dict, max_problems: int = 20) -> str:
-    """A human-readable summary of an inspection report."""
+def format_summary(report: dict, max_problems: int = 20, show_classes: int = 0) -> str:
+    """A human-readable summary of an inspection report, listing the first ``show_classes`` classes
+    (class id, name, labelled images) after the class count."""
     stats, size = report["per_class_stats"], report["image_size"]
+    shown = list(report["per_class"].items())[:max(show_classes, 0)]
     lines = [
         f"layout      : {report['layout']} ({report['root']})",
-        f"classes     : {report['num_classes']}",
+        f"classes     : {report['num_classes']}" + (f" (the first {len(shown)}: id, name, images)" if shown else ""),
+        *[f"  {index:>4}  {name}: {count}" for index, (name, count) in enumerate(shown, start=1)],
         f"images      : {report['num_images']} ({report['num_labelled']} labelled, "
         f"{report['num_with_boxes']} with boxes; splits {report['original_splits']})",
         f"per class   : min {stats['min']}, median {stats['median']:g}, max {stats['max']}",

@@ -16,12 +16,14 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import scipy.io
 
+from cars_ray.config import DEMO_ROOT
 from cars_ray.data.files import (IMAGE_SUFFIXES, looks_numeric, normalise_name, normalise_rel_path, parse_label,
                                  scan_folder)
 from cars_ray.data.manifest import UNLABELLED, Manifest, folder_to_class_index, make_table
@@ -33,9 +35,17 @@ LAYOUTS = ("devkit", "kaggle", "car_ims", "folder", "csv")
 BOX_FIELDS = ("x1", "y1", "x2", "y2")
 
 
+def resolve_root(root_dir: str | os.PathLike) -> str:
+    """``demo`` names the sample shipped inside the package (configs, --root-dir, --input); anything else
+    is a path. The one place that says so: every reader of a dataset root goes through it."""
+    if str(root_dir) == DEMO_ROOT:
+        return str(resources.files("cars_ray").joinpath("data/demo/images"))
+    return str(root_dir)
+
+
 def read_dataset(root: str | os.PathLike, layout: str = "auto") -> Manifest:
-    """Read the dataset at ``root`` (a folder, or a CSV manifest file) into a manifest."""
-    root_path = Path(root).expanduser().absolute()
+    """Read the dataset at ``root`` (a folder, a CSV manifest file, or ``demo``) into a manifest."""
+    root_path = Path(resolve_root(root)).expanduser().absolute()
     if not root_path.exists():
         raise DataError(f"dataset root {root_path} does not exist")
     if layout == "auto":
@@ -536,3 +546,19 @@ READERS: dict[str, Callable[[Path], Manifest]] = {
     "folder": read_folder,
     "csv": read_csv_manifest,
 }
+
+
+# Index files a layout reads beside its images (names, annotations, the cropper's manifest).
+INDEX_FILES = ("names.csv", "crops.csv", "anno_train.csv", "anno_test.csv", "cars_meta.mat", "cars_annos.mat",
+               "cars_train_annos.mat", "cars_test_annos.mat", "cars_test_annos_withlabels.mat")
+
+
+def dataset_files(manifest: Manifest) -> set[str]:
+    """Every file reading ``manifest`` may have used: its images and the index files in its root, the
+    root's parent and their ``devkit/`` folders. An output must not replace one of them
+    (``outputs.check_output_path``'s ``reads``)."""
+    root = Path(manifest.root)
+    files = {str(path) for path in manifest.table.path}
+    for folder in (root, root.parent, root / "devkit", root.parent / "devkit"):
+        files.update(str(folder / name) for name in INDEX_FILES if (folder / name).exists())
+    return files

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
 import pandas as pd
 import ray
 
-from cars_ray.config import DEMO_ROOT, Config, DataConfig
+from cars_ray.config import Config, DataConfig
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.layouts import read_dataset
+from cars_ray.data.layouts import read_dataset, resolve_root
 from cars_ray.data.manifest import Manifest
 from cars_ray.data.sizing import PipelineChoice, choose_pipeline, decoded_bytes
 from cars_ray.data.split import apply_split, read_split_file, split_warnings, stratified_split
@@ -30,13 +29,6 @@ from cars_ray.preprocessing import Preprocessing
 
 ROWS_PER_BLOCK = 64
 DECODE_PHASE = "decoding"
-
-
-def resolve_root(root_dir: str) -> str:
-    """``demo`` names the sample shipped inside the package; anything else is a path."""
-    if root_dir == DEMO_ROOT:
-        return str(resources.files("cars_ray").joinpath("data/demo/images"))
-    return root_dir
 
 
 def check_root_dir(cfg: DataConfig) -> str:
@@ -55,7 +47,7 @@ def load_split_table(cfg: DataConfig) -> tuple[Manifest, pd.DataFrame]:
         table = apply_split(manifest, read_split_file(cfg.split_file), cfg.split_file)
     else:
         split = stratified_split(manifest, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-        for warning in split_warnings(split, manifest.class_names):
+        for warning in split_warnings(split, manifest.class_names, cfg.val_fraction, cfg.test_fraction):
             print(f"warning: {warning}")
         table = apply_split(manifest, split, "the generated split")
     if cfg.max_images_per_class:

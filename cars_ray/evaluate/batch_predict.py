@@ -11,6 +11,7 @@ import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.files import IMAGE_SUFFIXES, ignored_reason, is_image_name, printable
+from cars_ray.data.layouts import resolve_root
 from cars_ray.errors import DataError, ImageError
 from cars_ray.evaluate.predictor import backend_info, scored_batches
 from cars_ray.preprocessing import Preprocessing
@@ -20,7 +21,7 @@ ROWS_PER_BLOCK = 64
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Paths to predict from ``--input`` items; order kept, duplicates dropped.
+    """Paths to predict from ``--input`` items (``demo``: the packaged sample); order kept, duplicates dropped.
 
     An item that exists is taken literally, before any glob expansion (``car [1].jpg``, ``a*.jpg``
     as real names); a folder is walked for images (:data:`~cars_ray.data.files.IMAGE_SUFFIXES`, any
@@ -32,7 +33,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     """
     paths: list[str] = []
     skipped: list[str] = []  # folder entries that are not images or are junk: counted and named below
-    for item in inputs:
+    for item in map(resolve_root, inputs):
         if os.path.isdir(item):
             for folder, subfolders, files in os.walk(item):
                 skipped += [os.path.join(folder, d) for d in sorted(subfolders) if ignored_reason(d)]

@@ -15,12 +15,14 @@ from cars_ray.checkpoint import META_FILE, MODEL_FILE, read_train_state
 from cars_ray.config import Config
 from cars_ray.data.loading import load_training_table, prepare_training_data
 from cars_ray.data.manifest import Manifest
-from cars_ray.errors import CarsRayError, ConfigError
+from cars_ray.data.split import split_of, write_split
+from cars_ray.errors import CarsRayError, ConfigError, Interrupted
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
 from cars_ray.plots import training_curves_figure
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
+from cars_ray.runtime import watching_ctrl_c
 from cars_ray.storage import check_shared_input, check_shared_output, remove_storage, storage_exists, storage_join, storage_uri
 from cars_ray.train import STOP_NON_FINITE
 from cars_ray.train.loop import LoopSettings, train_loop_per_worker
@@ -70,23 +72,26 @@ def prepare_run_dir(cfg: Config, output_dir: str, resume: bool) -> str:
 
 def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool = True,
         train_fn: Callable[[dict], None] = train_loop_per_worker,
-        data: tuple[Manifest, pd.DataFrame] | None = None, progress=None) -> TrainOutcome:
+        data: tuple[Manifest, pd.DataFrame] | None = None, progress=None, dashboard: str = "") -> TrainOutcome:
     """Train with Ray Train, copy the best checkpoint to ``output_dir/best`` and evaluate it on test rows.
 
     ``data`` is what :func:`load_training_table` returned, when the caller checked it already;
-    ``progress`` a ProgressBoard the caller draws (decoding, epochs, evaluation).
+    ``progress`` a ProgressBoard the caller draws (decoding, epochs, evaluation); ``dashboard`` the Ray
+    dashboard's "host:port" (``runtime.init_ray``), named in the setup line.
     """
     fit_started = time.perf_counter()
     tracking = TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)
     manifest, table = data or load_training_table(cfg)
     check_cluster_paths(cfg, output_dir, table)
+    write_used_split(output_dir, table)
     preprocessing = Preprocessing.from_config(cfg)
     scaling = scaling_config(cfg)
     device = f"{scaling.num_workers} worker(s) x " + (f"{cfg.train.gpus_per_worker:g} GPU" if scaling.use_gpu
                                                        else f"{cfg.train.cpus_per_worker:g} CPU")
     note(f"[cars_ray] {manifest.layout} data at {manifest.root}: {manifest.num_classes} classes; "
          + ", ".join(f"{name} {int((table.split == name).sum())}" for name in ("train", "val", "test"))
-         + f"; {cfg.model.backbone} at {cfg.data.image_size} px on {device}", progress)
+         + f"; {cfg.model.backbone} at {cfg.data.image_size} px on {device}"
+         + (f"; Ray dashboard http://{dashboard}" if dashboard else ""), progress)
     for line in manifest.reading_summary(shown=5):  # rows not trained on are counted and named
         note(f"[cars_ray] {line}", progress)
     started = time.perf_counter()
@@ -100,7 +105,18 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking,
                             split_rows=data.split_rows, streams=data.streams)
     run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume))
-    result = build_trainer(cfg, settings, data.datasets, run_config, train_fn).fit()
+    trainer = build_trainer(cfg, settings, data.datasets, run_config, train_fn)
+    with watching_ctrl_c() as interrupted:
+        try:
+            result = trainer.fit()
+        except (SystemExit, Exception):
+            # On Ctrl-C Ray Train's handler aborts the run and exits, or its dead controller's error surfaces.
+            if not interrupted():
+                raise
+    if interrupted():
+        raise Interrupted(f"training was stopped before its end; its checkpoints are in "
+                          f"{storage_join(run_config.storage_path, cfg.train.run_name)}: continue it with "
+                          f"--resume --output-dir {output_dir}")
     if result.error is not None:
         raise result.error
     outcome = finish(cfg, output_dir, result, manifest.class_names, table, evaluate_test, progress)
@@ -130,6 +146,12 @@ def run_summary(cfg: Config, outcome: TrainOutcome, seconds: float) -> dict:
             "test_top1": test.get("top1"), "test_top5": test.get("top5"), "test_images": test.get("num_images"),
             "images_per_second": float(outcome.history.images_per_second.mean()),
             "wall_seconds": round(seconds, 1)}
+
+
+def write_used_split(output_dir: str, table: pd.DataFrame) -> None:
+    """O/split.csv: the rows a run (or search) trained, selected and tested on, in split.py's format, so
+    `evaluate.py --root-dir <data.root_dir> --split-file O/split.csv --split test` scores its test rows again."""
+    write_split(split_of(table), os.path.join(output_dir, "split.csv"))
 
 
 def note(text: str, progress=None) -> None:

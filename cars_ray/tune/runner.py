@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -16,13 +17,14 @@ from cars_ray.data.loading import load_training_table, prepare_training_data
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ConfigError, Interrupted
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
-from cars_ray.outputs import write_csv, write_figure
+from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import curves_figure, training_curves_figure
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
 from cars_ray.storage import storage_exists, storage_join
 from cars_ray.train.tracking import TrackingTarget
-from cars_ray.train.runner import check_cluster_paths, copy_inference_checkpoint, resolved_pipeline, storage_dir
+from cars_ray.train.runner import (check_cluster_paths, copy_inference_checkpoint, resolved_pipeline, storage_dir,
+                                     write_used_split)
 from cars_ray.tune.search import (
     apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
     trial_driver, trial_history, trial_name,
@@ -39,15 +41,45 @@ class SearchOutcome:
     test_metrics: dict | None
 
 
+class TrialLines(tune.Callback):
+    """The quiet console of a search: one line per trial result (its epoch and the searched metric), one
+    per failed trial; Tune's own status tables only with --verbose."""
+
+    def __init__(self, metric: str, epochs: int, write=None):
+        # Not print itself as a default: Tune pickles its callbacks with the experiment, and print may be
+        # wrapped by then (pickle refuses a print that is not builtins.print).
+        self.metric, self.epochs, self._write = metric, epochs, write
+
+    def write(self, text: str) -> None:
+        if self._write is None:
+            print(text, flush=True)
+        else:
+            self._write(text)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+        top1 = result.get("val_top1")
+        extra = f"  val_top1 {top1:.3f}" if isinstance(top1, (int, float)) and self.metric != "val_top1" else ""
+        self.write(f"[cars_ray] trial {trial.trial_id} epoch {result.get('epoch', '?')}/{self.epochs}  "
+                   f"{self.metric} {shown}{extra}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.write(f"[cars_ray] trial {trial.trial_id} failed; its error is in tune_results.csv and {trial.path}")
+
+
 def run_search(cfg: Config, output_dir: str, resume: bool = False,
-               data: tuple[Manifest, pd.DataFrame] | None = None) -> SearchOutcome:
+               data: tuple[Manifest, pd.DataFrame] | None = None, verbose: bool = False) -> SearchOutcome:
     """Decode once, run the trials (or continue them with ``resume``), write the results; ``data`` is what
-    :func:`load_training_table` returned, when the caller checked it already."""
+    :func:`load_training_table` returned, when the caller checked it already. ``verbose``: Tune's status
+    tables on the console too (otherwise one line per trial result, :class:`TrialLines`)."""
+    started = time.perf_counter()
     space = build_search_space(cfg)
     TrackingTarget.resolve(cfg.train.tracking, output_dir, cfg.train.run_name)  # MLflow missing: fail now
     concurrency = check_feasible(apply_trial_resources(Config.from_dict(cfg.to_dict())))
     manifest, table = data or load_training_table(cfg)
     check_cluster_paths(cfg, output_dir, table)
+    write_used_split(output_dir, table)
     preprocessing = Preprocessing.from_config(cfg)
     trial_cfg = apply_trial_resources(Config.from_dict(cfg.to_dict()))
     use_gpu = trial_cfg.train.use_gpu == "true" or (trial_cfg.train.use_gpu == "auto"
@@ -85,13 +117,14 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
                                         # which outlives the 2 s Tune's reset waits for, and the next trial
                                         # given that process fails with "reuse requires reset_config()".
                                         reuse_actors=False),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage, verbose=None if verbose else 0,
+                                      callbacks=[TrialLines(cfg.tune.metric, cfg.train.epochs)]),
         )
     results, interrupted = fit_watching_ctrl_c(tuner)
     if interrupted:
         raise Interrupted(f"the search was stopped before its end; its state is saved in {experiment_dir}: "
                           f"continue it with --resume --output-dir {output_dir}")
-    return write_results(cfg, output_dir, results, manifest.class_names, table)
+    return write_results(cfg, output_dir, results, manifest.class_names, table, started)
 
 
 def fit_watching_ctrl_c(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
@@ -107,7 +140,7 @@ def fit_watching_ctrl_c(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
 
 
 def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_names: list[str],
-                  table: pd.DataFrame) -> SearchOutcome:
+                  table: pd.DataFrame, started: float) -> SearchOutcome:
     summary = summarize(results, cfg)
     write_csv(os.path.join(output_dir, "tune_results.csv"), summary)
     stopped = set(summary.loc[summary.stopped_by_scheduler, "trial_id"])
@@ -127,4 +160,21 @@ def write_results(cfg: Config, output_dir: str, results: tune.ResultGrid, class_
         test_metrics = evaluate_checkpoint(best_dir, test_rows, class_names, os.path.join(output_dir, "evaluation"),
                                            EvaluationOptions(tta=cfg.train.eval_tta, title="test (best trial)"))
     write_report(output_dir, f"cars_ray search: {len(summary)} trials of {cfg.model.backbone}, {cfg.data.image_size} px")
+    write_json(os.path.join(output_dir, SEARCH_SUMMARY), search_summary(cfg, summary, ranked.iloc[0], test_metrics,
+                                                                       time.perf_counter() - started))
     return SearchOutcome(summary, best_dir, test_metrics)
+
+
+SEARCH_SUMMARY = "search.json"
+
+
+def search_summary(cfg: Config, summary: pd.DataFrame, best: pd.Series, test: dict | None, seconds: float) -> dict:
+    """O/search.json: what pipelines/compare.py lines up for a search, as run.json is for a run. Wall time is
+    the search's (decoding, every trial, the best trial's test evaluation; the last session when resumed);
+    images/s the best trial's mean over its epochs, comparable with a run's."""
+    test = test or {}
+    metric = f"best_{cfg.tune.metric}"
+    return {"trials": int(len(summary)), "best_trial": str(best.trial_id), "backbone": cfg.model.backbone,
+            "image_size": cfg.data.image_size, "best_epoch": int(best.best_epoch), "metric": cfg.tune.metric,
+            metric: float(best[metric]), "test_top1": test.get("top1"), "test_images": test.get("num_images"),
+            "images_per_second": float(best.images_per_second), "wall_seconds": round(seconds, 1)}

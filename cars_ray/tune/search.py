@@ -149,7 +149,8 @@ def make_scheduler(cfg: Config):
 
 
 def summarize(results: tune.ResultGrid, cfg: Config) -> pd.DataFrame:
-    """One row per trial: parameters, best metric, epochs run, and whether the scheduler stopped it."""
+    """One row per trial: parameters, best metric, epochs run, mean training images/s over its epochs,
+    and whether the scheduler stopped it."""
     rows = []
     sign = 1 if cfg.tune.mode == "max" else -1
     for result in results:
@@ -166,6 +167,8 @@ def summarize(results: tune.ResultGrid, cfg: Config) -> pd.DataFrame:
             "best_epoch": int(best_row["epoch"]) if best_row is not None else 0,
             "best_checkpoint": best_row.get("checkpoint_path", "") if best_row is not None else "",
             "epochs_run": epochs,
+            "images_per_second": float(history.images_per_second.mean()) if "images_per_second" in history
+            and len(history) else float("nan"),
             "stopped_by_scheduler": epochs < cfg.train.epochs and not early and result.error is None,
             "stopped_by_early_stopping": early,
             "error": "" if result.error is None else str(result.error).splitlines()[0][:200],
