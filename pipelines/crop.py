@@ -18,7 +18,7 @@ from cars_ray.data.crop import CROP_OUTPUTS, crop_dataset
 from cars_ray.data.inspection import samples_figure
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.errors import DataError
-from cars_ray.outputs import check_earlier_output, check_output_path, write_figure, write_json
+from cars_ray.outputs import check_earlier_folder, check_output_path, start_output, write_figure, write_json
 from cars_ray.runtime import add_ray_arguments, init_ray
 
 
@@ -37,12 +37,13 @@ def main(argv=None) -> int:
 
     manifest = read_dataset(args.root_dir, args.layout)
     output_dir = check_output_path(args.output_dir, "dir", [args.root_dir, manifest.root], "--output-dir")
-    earlier = check_earlier_output(output_dir, CROP_OUTPUTS, args.resume, args.overwrite, "--output-dir")
+    earlier = check_earlier_folder(output_dir, "crop.py", CROP_OUTPUTS, args.resume, args.overwrite, resume_fresh=True)
     if not earlier and os.path.isdir(output_dir) and os.listdir(output_dir):
         raise DataError(f"--output-dir {args.output_dir} is not empty and holds no earlier crop; choose a new or empty folder")
     print(f"{manifest.layout} layout: {len(manifest.table)} images, {manifest.num_classes} classes")
     for note in manifest.notes:
         print(f"note: {note}")
+    start_output(output_dir, "crop.py")  # first: an interruption from here on leaves a folder --resume continues
     started = time.perf_counter()
     init_ray(args, os.path.join(output_dir, "logs"))
     ray_started = time.perf_counter()

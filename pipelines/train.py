@@ -17,7 +17,7 @@ import time
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
-from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
+from cars_ray.outputs import OUTPUT_MARKER, check_earlier_folder, check_output_path, remove_outputs, start_output, write_yaml
 from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, init_ray
 
@@ -41,13 +41,13 @@ def main(argv=None) -> int:
                                    [root, cfg.data.split_file, cfg.model.weights if os.path.isfile(cfg.model.weights) else None],
                                    "--output-dir")
     run_outputs = RUN_OUTPUTS + (os.path.join("ray_results", cfg.train.run_name),)
-    if check_earlier_output(output_dir, run_outputs, args.resume, args.overwrite, "--output-dir") and args.overwrite:
-        remove_outputs(output_dir, run_outputs)
+    if check_earlier_folder(output_dir, "train.py", run_outputs, args.resume, args.overwrite) and args.overwrite:
+        remove_outputs(output_dir, run_outputs + (OUTPUT_MARKER,))
     data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
     from cars_ray.train.runner import fit  # torch and Ray Train load in seconds: only once the inputs are good
 
     cfg.train.output_dir = output_dir
-    os.makedirs(output_dir, exist_ok=True)
+    start_output(output_dir, "train.py")  # first: an interruption from here on leaves a run --resume continues
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
     init_ray(args, os.path.join(output_dir, "logs"))

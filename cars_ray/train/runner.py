@@ -15,7 +15,7 @@ from cars_ray.checkpoint import META_FILE, MODEL_FILE, read_train_state
 from cars_ray.config import Config
 from cars_ray.data.loading import build_training_datasets, check_full_batches, load_training_table
 from cars_ray.data.manifest import Manifest
-from cars_ray.errors import CarsRayError, ConfigError
+from cars_ray.errors import CarsRayError
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
 from cars_ray.plots import training_curves_figure
@@ -56,13 +56,17 @@ def check_cluster_paths(cfg: Config, output_dir: str, table: pd.DataFrame) -> No
     check_shared_output(output_dir, "--output-dir")
 
 
-def prepare_run_dir(cfg: Config, output_dir: str, resume: bool) -> str:
-    """The Ray Train storage of this run; a fresh run starts without the old run's checkpoints."""
+def prepare_run_dir(cfg: Config, output_dir: str, resume: bool, progress=None) -> str:
+    """The Ray Train storage of this run; a fresh run starts without the old run's checkpoints.
+
+    ``resume`` where the run saved nothing yet (train.py checked that ``output_dir`` holds this run's
+    earlier output: it was interrupted before Ray Train's first report) starts the run from epoch 1."""
     storage = storage_dir(cfg, output_dir)
     run_dir = storage_join(storage, cfg.train.run_name)
     exists = storage_exists(run_dir)
     if resume and not exists:
-        raise ConfigError(f"--resume: no earlier run {cfg.train.run_name!r} in {storage}")
+        note(f"[cars_ray] --resume: run {cfg.train.run_name!r} saved nothing in {storage} before it stopped; "
+             "starting it from epoch 1", progress)
     if not resume and exists:
         remove_storage(run_dir)
     return storage
@@ -93,7 +97,7 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     note(f"[cars_ray] decoded {datasets['train'].count()} train and {datasets['val'].count()} val images "
          f"in {time.perf_counter() - started:.1f}s", progress)
     settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking)
-    run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume))
+    run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume, progress))
     result = build_trainer(cfg, settings, datasets, run_config, train_fn).fit()
     if result.error is not None:
         raise result.error
