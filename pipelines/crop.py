@@ -19,7 +19,7 @@ from cars_ray.data.inspection import samples_figure
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.errors import DataError
 from cars_ray.outputs import check_earlier_folder, check_output_path, start_output, write_figure, write_json
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 
 def main(argv=None) -> int:
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     print(f"{manifest.layout} layout: {len(manifest.table)} images, {manifest.num_classes} classes")
     for note in manifest.notes:
         print(f"note: {note}")
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
     start_output(output_dir, "crop.py")  # first: an interruption from here on leaves a folder --resume continues
     started = time.perf_counter()
     init_ray(args, os.path.join(output_dir, "logs"))

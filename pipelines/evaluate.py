@@ -20,7 +20,7 @@ from cars_ray.errors import DataError
 from cars_ray.evaluate.evaluation import EVALUATION_OUTPUTS, EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import check_earlier_folder, check_output_path, start_output
 from cars_ray.progress import progress_console
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 from cars_ray.storage import check_shared_input
 from cars_ray.checkpoint import check_classes, read_meta
 
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     output_dir = check_output_path(args.output_dir, "dir", [args.checkpoint, args.root_dir, manifest.root, args.split_file],
                                    "--output-dir")
     check_earlier_folder(output_dir, "evaluate.py", EVALUATION_OUTPUTS, False, args.overwrite, can_resume=False)
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
     start_output(output_dir, "evaluate.py")  # first: an interrupted evaluation is replaced with --overwrite
     init_ray(args, os.path.join(output_dir, "logs"))
     check_shared_input(rows.path.iloc[0], "the image")  # decoded by Ray Data tasks on any node

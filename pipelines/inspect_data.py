@@ -16,7 +16,7 @@ from cars_ray.cli import EXIT_FAILED, EXIT_OK, make_parser, run_main
 from cars_ray.data.inspection import format_summary, inspect_manifest, samples_figure, unusable_reasons
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.outputs import check_earlier_folder, check_output_path, start_output, write_figure, write_json
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 INSPECT_OUTPUTS = ("inspect.json", "samples.png")
 
@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     manifest = read_dataset(args.root_dir, args.layout)
     output_dir = check_output_path(args.output_dir, "dir", [args.root_dir, manifest.root], "--output-dir")
     check_earlier_folder(output_dir, "inspect_data.py", INSPECT_OUTPUTS, False, args.overwrite, can_resume=False)
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
     start_output(output_dir, "inspect_data.py")  # first: an interrupted report is replaced with --overwrite
     init_ray(args, os.path.join(output_dir, "logs"))
     report = inspect_manifest(manifest)

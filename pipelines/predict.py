@@ -17,7 +17,7 @@ from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
 from cars_ray.evaluate.predictor import backend_info
 from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 
 def main(argv=None) -> int:
@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     output = check_output_path(args.output, "file", [args.checkpoint, *args.input], "--output")
     check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,
                          "the folder of --output", can_resume=False)
+    check_ray_arguments(args)
     init_ray(args)
     predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)  # None: min(5, classes)
     write_csv(output, predictions)

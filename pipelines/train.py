@@ -19,7 +19,7 @@ from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
 from cars_ray.outputs import OUTPUT_MARKER, check_earlier_folder, check_output_path, remove_outputs, start_output, write_yaml
 from cars_ray.progress import progress_console
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 # What a run writes into its output folder (ray_results/<run_name> is named by the config).
 RUN_OUTPUTS = ("config.yaml", "metrics.csv", "best", "evaluation")
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     from cars_ray.train.runner import fit  # torch and Ray Train load in seconds: only once the inputs are good
 
     cfg.train.output_dir = output_dir
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
     start_output(output_dir, "train.py")  # first: an interruption from here on leaves a run --resume continues
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()

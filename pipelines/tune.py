@@ -19,7 +19,7 @@ from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
 from cars_ray.errors import ConfigError
 from cars_ray.outputs import OUTPUT_MARKER, check_earlier_folder, check_output_path, remove_outputs, start_output, write_yaml
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 SEARCH_OUTPUTS = ("config.yaml", "tune_results.csv", "tune.png", "best", "evaluation", "ray_results")
 
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
     from cars_ray.tune.runner import run_search  # torch and Ray Train load in seconds: only once the inputs are good
 
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
     start_output(output_dir, "tune.py")  # first: an interruption from here on leaves a search --resume continues
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()

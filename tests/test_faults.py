@@ -140,3 +140,59 @@ def test_split_warns_about_classes_too_small_for_validation(tmp_path):
     again, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"))
     assert again == 2 and "replace it with --overwrite" in stderr
     assert call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s.csv"), "--overwrite")[0] == 0
+
+
+LONG_TMPDIR = "/tmp/" + "t" * 115  # 120 characters: Ray's socket paths below it pass 107 bytes
+
+
+@pytest.mark.parametrize("env, address, words", [
+    ({"TMPDIR": LONG_TMPDIR}, None, "is too long for its socket paths (188 bytes, the limit is 107); set RAY_TMPDIR"),
+    ({"RAY_ADDRESS": "http://127.0.0.1:8265"}, None,
+     "RAY_ADDRESS=http://127.0.0.1:8265 is the dashboard's HTTP address, which `ray job submit` takes; a pipeline "
+     "joins a Ray cluster itself: unset RAY_ADDRESS to start a local Ray, or give auto"),
+    ({"RAY_ADDRESS": "grpc://127.0.0.1:6379"}, None, "is an address with the scheme grpc://, which Ray does not join"),
+    ({}, "http://127.0.0.1:8265", "--address=http://127.0.0.1:8265 is the dashboard's HTTP address"),
+    ({}, "headnode", "--address=headnode is not a Ray address; give auto, HOST:PORT"),
+    ({}, "127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
+    ({}, "ray://127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
+], ids=["long-tmpdir", "dashboard-address", "wrong-scheme", "dashboard-address-flag", "no-port", "nothing-listening",
+        "ray-client-nothing-listening"])
+@pytest.mark.parametrize("script", ["crop.py", "predict.py"])
+def test_ray_start_faults_are_one_sentence_before_any_output(world, monkeypatch, env, address, words, script):
+    """Ray that cannot start or be reached: exit 2, one sentence saying what to change, no output folder or
+    file made (the check runs before it, and before Ray's own start-up, whether or not Ray runs here)."""
+    import ray
+
+    from helpers.data import free_port
+
+    port = str(free_port())
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a pipeline's own process
+    output = Path(world["new"]) / f"ray-{script}-{len(words)}"
+    arguments = (["--root-dir", world["root"], "--output-dir", str(output)] if script == "crop.py" else
+                 ["--checkpoint", world["ckpt"], "--input", world["root"], "--output", str(output)])
+    if address:
+        arguments += ["--address", address.format(port=port)]
+    code, _, stderr = call_pipeline(script, *arguments)
+    assert code == 2, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and words.format(port=port) in last and "Traceback" not in stderr, stderr[-2000:]
+    assert not output.exists(), "an output was left behind"
+
+
+def test_ray_start_check_accepts_what_ray_takes(monkeypatch):
+    """No address (a local Ray under a short temp folder), local, auto and a listening HOST:PORT pass."""
+    import socket
+
+    from cars_ray.runtime import check_ray_start
+
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        for address in (None, "local", "auto", f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+            check_ray_start(address)
