@@ -22,7 +22,7 @@ from cars_ray.outputs import check_earlier_folder, check_output_path, start_outp
 from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 from cars_ray.storage import check_shared_input
-from cars_ray.checkpoint import check_classes, read_meta
+from cars_ray.checkpoint import check_checkpoint, check_classes
 
 
 def main(argv=None) -> int:
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
-    meta = read_meta(args.checkpoint)
+    meta = check_checkpoint(args.checkpoint)  # meta.json and model.pt, here rather than in a Ray actor
     manifest = read_dataset(args.root_dir, args.layout)
     check_classes(meta, manifest.class_names, args.root_dir)
     if args.split_file:

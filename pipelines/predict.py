@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from cars_ray.cli import EXIT_OK, make_parser, run_main
+from cars_ray.checkpoint import check_checkpoint
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
 from cars_ray.evaluate.predictor import backend_info
 from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     backend_info(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
+    if not args.checkpoint.endswith(".onnx"):
+        check_checkpoint(args.checkpoint)  # model.pt too, here rather than in a Ray actor
     paths = expand_inputs(args.input)
     output = check_output_path(args.output, "file", [args.checkpoint, *args.input], "--output")
     check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,

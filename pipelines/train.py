@@ -45,6 +45,9 @@ def main(argv=None) -> int:
         remove_outputs(output_dir, run_outputs + (OUTPUT_MARKER,))
     data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
     from cars_ray.train.runner import fit  # torch and Ray Train load in seconds: only once the inputs are good
+    from cars_ray.models.weights import check_model_weights
+
+    check_model_weights(cfg.model.backbone, cfg.model.weights)  # here, not in a worker after Ray and decoding
 
     cfg.train.output_dir = output_dir
     check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made

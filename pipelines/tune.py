@@ -46,6 +46,9 @@ def main(argv=None) -> int:
         remove_outputs(output_dir, SEARCH_OUTPUTS + (OUTPUT_MARKER,))
     data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
     from cars_ray.tune.runner import run_search  # torch and Ray Train load in seconds: only once the inputs are good
+    from cars_ray.models.weights import check_model_weights
+
+    check_model_weights(cfg.model.backbone, cfg.model.weights)  # here, not in a trial after Ray and decoding
 
     check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
     start_output(output_dir, "tune.py")  # first: an interruption from here on leaves a search --resume continues

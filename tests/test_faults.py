@@ -17,6 +17,7 @@ from helpers.entry_points import call_pipeline, tree_hash
 
 DEMO = "configs/demo.yaml"
 TINY = ["model.backbone=test_efficientnet", "model.weights=none", "data.image_size=32", "train.epochs=1"]
+TINY_WITH = ["model.backbone=test_efficientnet", "data.image_size=32", "train.epochs=1", "data.batch_size=4"]  # weights given by the case
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     checkpoint = write_tiny_checkpoint(base / "ckpt")
     no_model = write_tiny_checkpoint(base / "ckpt_no_model")
     (no_model / "model.pt").unlink()
+    bad_model = write_tiny_checkpoint(base / "ckpt_bad_model")
+    (bad_model / "model.pt").write_bytes(b"not weights")
     unreadable = base / "unreadable"
     for name in ("Alpha", "Beta"):
         (unreadable / name).mkdir(parents=True)
@@ -47,11 +50,18 @@ def world(tmp_path_factory) -> dict[str, str]:
         (earlier_run / name).write_text("earlier\n")
     (earlier_run / "best").mkdir()
     (earlier_run / "best" / "model.pt").write_bytes(b"earlier weights")
+    import torch
+
+    pickled_module = base / "module.pth"  # code, not weights: weights-only loading refuses it
+    torch.save(torch.nn.Linear(2, 2), pickled_module)
+    not_weights = base / "notes.pth"
+    not_weights.write_text("not weights\n")
     earlier_export = base / "earlier.onnx"
     earlier_export.write_bytes(b"an earlier export")
     return {"root": str(root), "csv": str(boxed / "m.csv"), "csv_dir": str(boxed), "ckpt": str(checkpoint),
             "no_model": str(no_model), "unreadable": str(unreadable), "file": str(existing_file),
-            "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new")}
+            "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new"),
+            "module_pth": str(pickled_module), "bad_model": str(bad_model), "notes_pth": str(not_weights)}
 
 
 # (case id, script, arguments, exit code, words expected in the last stderr line, output that must not appear)
@@ -103,12 +113,26 @@ CASES = [
      "optim.lr must be a finite number, got nan", "{new}/t3"),
     ("config-negative-margin", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.box_margin=-0.1",
                                             "--output-dir", "{new}/t4"], 2, "data.box_margin is -0.1", "{new}/t4"),
+    ("evaluate-checkpoint-unreadable-weights", "evaluate.py", ["--checkpoint", "{bad_model}", "--root-dir", "{root}",
+                                                               "--output-dir", "{new}/e1"], 2,
+     "model.pt is not a readable PyTorch weights file", "{new}/e1"),
+    ("predict-checkpoint-unreadable-weights", "predict.py", ["--checkpoint", "{bad_model}", "--input", "{root}",
+                                                             "--output", "{new}/p2.csv"], 2,
+     "model.pt is not a readable PyTorch weights file", "{new}/p2.csv"),
+    # A bad model.weights fails on the driver, before Ray starts, naming the file.
+    ("train-weights-pickled-module", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY_WITH,
+                                                  "model.weights={module_pth}", "--output-dir", "{new}/t5"], 2,
+     "module.pth holds Python objects other than tensors (torch.nn.modules.linear.Linear", "{new}/t5"),
+    ("tune-weights-not-a-weights-file", "tune.py", ["--config", "configs/tune_demo.yaml", "data.root_dir={root}", *TINY_WITH,
+                                                    "model.weights={notes_pth}", "--output-dir", "{new}/t6"], 2,
+     "notes.pth cannot be read", "{new}/t6"),
 ]
 
 
 @pytest.mark.parametrize("case, script, arguments, code, words, output", CASES, ids=[c[0] for c in CASES])
 def test_fault(world, case, script, arguments, code, words, output):
-    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx")]
+    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx", "module_pth",
+                                     "notes_pth", "bad_model")]
     before = tree_hash(*inputs)
     exit_code, _, stderr = call_pipeline(script, *[argument.format(**world) for argument in arguments])
     assert exit_code == code, stderr[-2000:]
