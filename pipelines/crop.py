@@ -15,6 +15,7 @@ import time
 
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
 from cars_ray.data.crop import CROP_OUTPUTS, crop_dataset
+from cars_ray.data.images import BOX_FRAMES
 from cars_ray.data.inspection import samples_figure
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.errors import DataError
@@ -28,6 +29,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--margin", type=float, default=0.0, help="grow each box by this fraction of its size")
+    parser.add_argument("--box-frame", default="stored", choices=BOX_FRAMES,
+                        help="the frame boxes are given in: stored pixels of the file (Stanford Cars', the default) or "
+                             "upright, after the EXIF orientation is applied")
     parser.add_argument("--resume", action="store_true", help="continue an earlier crop in --output-dir (skip finished files)")
     parser.add_argument("--overwrite", action="store_true", help="redo an earlier crop in --output-dir")
     parser.add_argument("--show-classes", type=int, default=0, help="also write O/samples.png for the first N classes")
@@ -48,7 +52,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     init_ray(args, os.path.join(output_dir, "logs"))
     ray_started = time.perf_counter()
-    report = crop_dataset(manifest, output_dir, args.margin, overwrite=args.overwrite)
+    report = crop_dataset(manifest, output_dir, args.margin, overwrite=args.overwrite, box_frame=args.box_frame)
     elapsed = time.perf_counter() - ray_started
     report["seconds"] = {"ray_start": round(ray_started - started, 2), "crop": round(elapsed, 2)}
     report["images_per_second"] = round(report["num_images"] / elapsed, 1) if elapsed > 0 else None
@@ -58,9 +62,13 @@ def main(argv=None) -> int:
           f"{report['seconds']['ray_start']} s not included); report: {args.output_dir}/crop_report.json")
     for item in report["skipped_items"][:20]:
         print(f"  skipped {item['path']}: {item['reason']}")
+    if report["clamped"]:
+        print(f"{report['clamped']} box(es) reached past their image and were clamped (listed in crop_report.json):")
+        for item in report["clamped_items"][:20]:
+            print(f"  {item['path']}: {item['reason']}")
     if args.show_classes:
         cropped = read_dataset(output_dir, "folder")
-        write_figure(os.path.join(output_dir, "samples.png"), samples_figure(cropped, args.show_classes))
+        write_figure(os.path.join(output_dir, "samples.png"), samples_figure(cropped, args.show_classes))  # crops: no boxes
     return EXIT_OK
 
 

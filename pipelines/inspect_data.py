@@ -14,6 +14,7 @@ import sys
 
 from cars_ray.cli import EXIT_FAILED, EXIT_OK, make_parser, run_main
 from cars_ray.data.inspection import format_summary, inspect_manifest, samples_figure, unusable_reasons
+from cars_ray.data.images import BOX_FRAMES
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.outputs import check_earlier_folder, check_output_path, start_output, write_figure, write_json
 from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
@@ -27,6 +28,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
     parser.add_argument("--show-classes", type=int, default=20, help="classes in samples.png (default 20)")
+    parser.add_argument("--box-frame", default="stored", choices=BOX_FRAMES,
+                        help="the frame boxes are given in: stored pixels of the file (Stanford Cars', the default) or "
+                             "upright, after the EXIF orientation is applied (as crop.py --box-frame)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in --output-dir")
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
@@ -37,11 +41,11 @@ def main(argv=None) -> int:
     check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
     start_output(output_dir, "inspect_data.py")  # first: an interrupted report is replaced with --overwrite
     init_ray(args, os.path.join(output_dir, "logs"))
-    report = inspect_manifest(manifest)
+    report = inspect_manifest(manifest, args.box_frame)
     print(format_summary(report))
     os.makedirs(output_dir, exist_ok=True)
     write_json(os.path.join(output_dir, "inspect.json"), report)
-    write_figure(os.path.join(output_dir, "samples.png"), samples_figure(manifest, args.show_classes))
+    write_figure(os.path.join(output_dir, "samples.png"), samples_figure(manifest, args.show_classes, args.box_frame))
     print(f"wrote {args.output_dir}/inspect.json and {args.output_dir}/samples.png")
     reasons = unusable_reasons(report)
     for reason in reasons:
