@@ -1,11 +1,15 @@
 """Crop every annotated image to its bounding box, in parallel over the Ray cluster (Ray Data).
 
-    python pipelines/crop.py --root-dir R --output-dir O [--margin F] [--resume | --overwrite] [--show-classes N]
+    python pipelines/crop.py --root-dir R --output-dir O [--margin F] [--box-frame stored|upright]
+                             [--resume | --overwrite] [--show-classes N]
 
 O/<class folder>/<file> reads back as the `folder` layout (O/names.csv keeps the class ids;
-O/crops.csv keeps each image's original split). O/crop_report.json lists every skipped item.
-O must lie apart from the dataset. An O that holds an earlier crop is continued with --resume
-(finished files are skipped) or redone with --overwrite; without either the command stops.
+O/crops.csv keeps each image's original split). O/crop_report.json lists every skipped item and
+every box that reached past its image and was clamped. Boxes are read in stored pixels (before the
+EXIF orientation; Stanford Cars' frame) unless --box-frame upright.
+O must lie apart from the dataset. An O that holds an earlier crop, even one interrupted at any
+moment, is continued with --resume (only missing crops are written) or redone with --overwrite;
+without either the command stops.
 """
 
 from __future__ import annotations
