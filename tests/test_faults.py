@@ -119,6 +119,9 @@ CASES = [
     ("predict-checkpoint-unreadable-weights", "predict.py", ["--checkpoint", "{bad_model}", "--input", "{root}",
                                                              "--output", "{new}/p2.csv"], 2,
      "model.pt is not a readable PyTorch weights file", "{new}/p2.csv"),
+    ("config-box-frame", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.box_frame=sideways",
+                                      "--output-dir", "{new}/t7"], 2,
+     "data.box_frame is 'sideways'; expected one of stored, upright", "{new}/t7"),
     # A bad model.weights fails on the driver, before Ray starts, naming the file.
     ("train-weights-pickled-module", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY_WITH,
                                                   "model.weights={module_pth}", "--output-dir", "{new}/t5"], 2,
