@@ -114,6 +114,13 @@ def load_model(directory: str, device: str | torch.device = "cpu") -> tuple[CarC
     return (model.to(memory_format=torch.channels_last) if channels_last else model), meta
 
 
+def check_checkpoint(directory: str) -> dict[str, Any]:
+    """Open a user-given checkpoint on the driver before Ray starts, as the workers will (meta.json checked,
+    model.pt loaded into the model it describes, on the CPU), so a bad one fails here in one sentence
+    (CheckpointError) rather than in a Ray worker. Returns its meta."""
+    return load_model(directory, "cpu")[1]
+
+
 def check_classes(meta: dict[str, Any], class_names: list[str], source: str) -> None:
     """Fail when a checkpoint's classes are not those of the data it is applied to."""
     theirs = meta["class_names"]

@@ -34,6 +34,7 @@ class DataConfig:
     crop_pct: float = 1.0  # evaluation centre crop; the cache holds image_size / crop_pct pixels
     resize_mode: str = "squash"  # squash (whole crop to a square) | shorter (short side, centre square)
     box_margin: float = 0.0  # when the layout has boxes, crop to them (grown by this fraction)
+    box_frame: str = "stored"  # stored (pixels as the file stores them: Stanford Cars') | upright (after EXIF orientation)
     batch_size: int = 32  # per worker
     eval_batch_size: int = 64
     augment: str = "standard"  # none | light | standard | strong
@@ -260,6 +261,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 CHOICES = {
     "data.augment": ("none", "light", "standard", "strong"),
     "data.resize_mode": ("squash", "shorter"),
+    "data.box_frame": ("stored", "upright"),
     "data.cache_on_device": ("auto", "true", "false"),
     "data.pipeline": ("auto", "cached", "streaming"),
     "model.head": ("linear", "bilinear_attention"),

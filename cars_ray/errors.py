@@ -23,3 +23,7 @@ class ImageError(CarsRayError):
 
 class Interrupted(CarsRayError):
     """The job was stopped (Ctrl-C, job stop) before its end; the message says how to continue."""
+
+
+class RayStartError(CarsRayError):
+    """Ray could not be started or reached (address, temp folder); the message says what to change."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -181,6 +182,55 @@ def check_earlier_output(path: str, markers: Sequence[str], resume: bool, overwr
         how = "continue it with --resume or replace it with --overwrite" if can_resume else "replace it with --overwrite"
         raise DataError(f"{flag} {path} already holds an earlier output ({', '.join(found)}); {how}")
     return bool(found)
+
+
+# Written into an output folder before any other file (logs included), so that a folder left by a run
+# interrupted at any moment is recognised as that pipeline's earlier output: continued with --resume,
+# replaced with --overwrite. Hidden: the folder layout and the user's listings skip it.
+OUTPUT_MARKER = ".cars_ray_output.json"
+
+
+def read_output_marker(path: str) -> dict | None:
+    """The marker of folder ``path`` ({"pipeline": "crop.py", "started": ISO time}), or None when it has none.
+    A marker that cannot be read (a run killed while writing it is impossible: it is written atomically)
+    counts as one of an unknown pipeline."""
+    marker = os.path.join(path, OUTPUT_MARKER)
+    if not os.path.isfile(marker):
+        return None
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {"pipeline": None}
+    except (OSError, ValueError):
+        return {"pipeline": None}
+
+
+def start_output(path: str, pipeline: str) -> None:
+    """Create output folder ``path`` and write its marker, before any other file of the run (Ray's start and
+    its logs included). After a Ctrl-C, a crash or a lost driver at any later moment the folder is then
+    an earlier output of ``pipeline`` (e.g. "crop.py"), which :func:`check_earlier_folder` lets
+    --resume continue and --overwrite replace."""
+    os.makedirs(path, exist_ok=True)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_json(os.path.join(path, OUTPUT_MARKER), {"pipeline": pipeline, "started": started})
+
+
+def check_earlier_folder(path: str, pipeline: str, markers: Sequence[str], resume: bool, overwrite: bool,
+                         flag: str = "--output-dir", can_resume: bool = True, resume_fresh: bool = False) -> bool:
+    """:func:`check_earlier_output` for an output folder: its marker (written first by :func:`start_output`)
+    also marks an earlier output, even one interrupted before any of ``markers`` was written. A folder
+    marked by another pipeline is refused. With ``resume_fresh`` (for outputs whose --resume means "do
+    what is missing", like crop.py's), --resume on an absent or empty folder starts from the beginning
+    instead of failing. Returns whether an earlier output is there; fails in one sentence (DataError)."""
+    marker = read_output_marker(path)
+    if marker is not None and marker.get("pipeline") != pipeline:
+        owner = marker.get("pipeline") or "an unknown pipeline"
+        raise DataError(f"{flag} {path} holds the output of {owner}, not of {pipeline}; choose another folder")
+    if resume and resume_fresh and not overwrite and marker is None and not any(
+            os.path.exists(os.path.join(path, name)) for name in markers):
+        if not os.path.isdir(path) or not os.listdir(path):
+            return False  # nothing was written yet: continuing it is starting it
+    return check_earlier_output(path, tuple(markers) + (OUTPUT_MARKER,), resume, overwrite, flag, can_resume)
 
 
 def remove_outputs(path: str, names: Sequence[str]) -> None:

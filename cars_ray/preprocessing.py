@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from cars_ray.config import Config
-from cars_ray.data.images import clamp_box, open_rgb
+from cars_ray.data.images import BOX_FRAMES, ORIENTATION, box_on_upright, open_rgb
 from cars_ray.errors import CheckpointError, ImageError
 
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -40,6 +40,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     resize_mode: str = "squash"
     box_margin: float = 0.0  # boxes (when the layout has them) grow by this fraction before cropping
+    box_frame: str = "stored"  # the frame boxes are read in: stored pixels, or upright (after EXIF orientation)
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -61,11 +62,13 @@ class Preprocessing:
             return f"resize_mode {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}"
         if not (math.isfinite(self.box_margin) and self.box_margin >= 0):
             return f"box_margin {self.box_margin!r} must be finite and >= 0"
+        if self.box_frame not in BOX_FRAMES:
+            return f"box_frame {self.box_frame!r} is not one of {', '.join(BOX_FRAMES)}"
         return None
 
     @classmethod
     def resolve(cls, backbone: str, image_size: int, crop_pct: float = 1.0, resize_mode: str = "squash",
-                box_margin: float = 0.0) -> "Preprocessing":
+                box_margin: float = 0.0, box_frame: str = "stored") -> "Preprocessing":
         """Mean, std and interpolation from the backbone's timm pretrained config; sizes from the data config."""
         import timm
 
@@ -74,12 +77,14 @@ class Preprocessing:
         std = tuple(pretrained.std) if pretrained else (0.229, 0.224, 0.225)
         interpolation = pretrained.interpolation if pretrained and pretrained.interpolation in INTERPOLATIONS else "bicubic"
         return cls(image_size=image_size, resize=int(math.floor(image_size / crop_pct + 0.5)), crop_pct=crop_pct,
-                   mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode, box_margin=box_margin)
+                   mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode, box_margin=box_margin,
+                   box_frame=box_frame)
 
     @classmethod
     def from_config(cls, config: Config) -> "Preprocessing":
         data = config.data
-        return cls.resolve(config.model.backbone, data.image_size, data.crop_pct, data.resize_mode, data.box_margin)
+        return cls.resolve(config.model.backbone, data.image_size, data.crop_pct, data.resize_mode, data.box_margin,
+                           data.box_frame)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -107,6 +112,9 @@ class Preprocessing:
                max_pixels: int | None = None) -> np.ndarray:
         """Decode, crop to the box grown by ``box_margin`` (when given), resize: uint8 (resize, resize, 3).
 
+        ``box`` (x1, y1, x2, y2) is read in ``box_frame``: stored pixels (moved onto the upright image by the
+        EXIF orientation the decode applied) or upright pixels; one reaching past the image is clamped to it, as crop.py
+        does (inspect_data.py and crop_report.json name such boxes).
         Raises :class:`~cars_ray.errors.ImageError` with the reason when the image cannot be used.
         """
         # Without a box the JPEG decoder may scale down by a power of two, never below the target size.
@@ -114,7 +122,9 @@ class Preprocessing:
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         image = open_rgb(source, draft_size=draft, **kwargs)
         if box is not None:
-            image = image.crop(clamp_box(box, image.width, image.height, self.box_margin))
+            orientation = image.info.get(ORIENTATION, 1) if self.box_frame == "stored" else 1  # as the decode applied it
+            image = image.crop(box_on_upright(box, self.box_frame, orientation, image.width, image.height,
+                                              self.box_margin)[0])
         return self.resize_image(image)
 
     def resize_image(self, image: Image.Image) -> np.ndarray:

@@ -21,7 +21,14 @@ from typing import Callable, Iterator
 
 import ray
 
+from cars_ray.errors import RayStartError
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# A Unix socket path holds at most 107 bytes (108 with its NUL). Ray puts its sockets at
+# <temp>/session_<date>_<time>_<microseconds>_<pid>/sockets/plasma_store; this is that tail's longest length.
+UNIX_SOCKET_PATH_MAX = 107
+SESSION_SOCKET_TAIL = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
+PROBE_TIMEOUT_S = 3.0
 
 
 def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> str:
@@ -32,13 +39,17 @@ def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> str:
     if ray.is_initialized():
         configure_logging(verbose, log_dir)
         return ""
+    address, source = ray_address(args)
+    check_ray_start(address, source)  # before any log file or Ray process exists
     if log_dir and not verbose:
         native_output_to(os.path.join(log_dir, "native.log"))
     configure_logging(verbose, log_dir)
-    address = args.address or os.environ.get("RAY_ADDRESS")
     # "local" starts a fresh instance rather than joining whatever cluster ran here last.
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": args.num_cpus}
-    context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
+    try:
+        context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
+    except (ConnectionError, OSError, ValueError, RuntimeError) as err:
+        raise RayStartError(ray_start_sentence(address, source, err)) from None
     quiet_ray_data(verbose)
     route_raylet_messages(verbose)
     return getattr(context, "dashboard_url", "") or ""
@@ -79,6 +90,69 @@ def watching_ctrl_c() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, handler)
         receiver.close()
         sender.close()
+
+
+def check_ray_arguments(args: argparse.Namespace) -> None:
+    """:func:`check_ray_start` for a pipeline's --address (else RAY_ADDRESS): called before its output
+    folder is made, so a Ray that cannot start or be reached leaves nothing behind."""
+    check_ray_start(*ray_address(args))
+
+
+def ray_address(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(the address to join, or None to start a local Ray; where it came from: --address or RAY_ADDRESS)."""
+    return (args.address, "--address") if args.address else (os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS")
+
+
+def ray_temp_dir() -> str:
+    """The folder under which a local Ray puts its session (sockets included): Ray's own rule
+    (RAY_TMPDIR, else TMPDIR on Linux, else /tmp; then ``ray/``)."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    return get_default_ray_temp_dir()
+
+
+def check_ray_start(address: str | None, source: str = "RAY_ADDRESS") -> None:
+    """Refuse, in one sentence that says what to change, a Ray start or join that cannot work: a temp folder
+    too long for Ray's socket paths (starting locally), an address of the wrong kind (the dashboard's
+    http:// address that ``ray job submit`` uses, any other scheme) or one where nothing listens.
+    ``source`` names where the address came from (--address or RAY_ADDRESS). Raises RayStartError."""
+    if not address or address in ("local", "auto"):
+        if not address or address == "local":
+            longest = len(ray_temp_dir()) + SESSION_SOCKET_TAIL
+            if longest > UNIX_SOCKET_PATH_MAX:
+                raise RayStartError(
+                    f"Ray's temp folder {ray_temp_dir()} is too long for its socket paths ({longest} bytes, the limit is "
+                    f"{UNIX_SOCKET_PATH_MAX}); set RAY_TMPDIR (or TMPDIR) to a shorter folder, e.g. RAY_TMPDIR=/tmp")
+        return
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "ray":
+        what = "the dashboard's HTTP address, which `ray job submit` takes" if scheme in ("http", "https") \
+            else f"an address with the scheme {scheme}://, which Ray does not join"
+        fix = "unset RAY_ADDRESS" if source == "RAY_ADDRESS" else "leave --address out"
+        raise RayStartError(f"{source}={address} is {what}; a pipeline joins a Ray cluster itself: {fix} to start a "
+                            "local Ray, or give auto (the cluster `ray start` made here), HOST:6379 or ray://HOST:10001")
+    host, colon, port = (rest if sep else address).rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise RayStartError(f"{source}={address} is not a Ray address; give auto, HOST:PORT (e.g. 127.0.0.1:6379) "
+                            "or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        raise RayStartError(f"{source}={address}: nothing answers at {host}:{port} ({err.strerror or err}); start Ray "
+                            "there (`ray start --head`), give the address of a running cluster, or unset "
+                            f"{'RAY_ADDRESS' if source == 'RAY_ADDRESS' else '--address'} to start a local Ray") from None
+
+
+def ray_start_sentence(address: str | None, source: str, err: Exception) -> str:
+    """One sentence for a failure of ray.init itself (what :func:`check_ray_start` could not foresee)."""
+    text = " ".join(str(err).split())[:300]
+    if isinstance(err, OSError) and ("AF_UNIX" in text or "too long" in text):
+        return (f"Ray could not create its sockets under {ray_temp_dir()} ({text}); set RAY_TMPDIR to a shorter "
+                "folder, e.g. RAY_TMPDIR=/tmp")
+    if address and address != "local":
+        return (f"could not join the Ray cluster at {source}={address} ({type(err).__name__}: {text}); check that "
+                f"the cluster runs, or unset {source} to start a local Ray")
+    return f"could not start a local Ray ({type(err).__name__}: {text}); see Ray's logs under {ray_temp_dir()}"
 
 
 def native_output_to(path: str) -> None:

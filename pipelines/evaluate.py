@@ -18,11 +18,11 @@ from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.data.split import SPLITS, apply_split, read_split_file
 from cars_ray.errors import DataError
 from cars_ray.evaluate.evaluation import EVALUATION_OUTPUTS, EvaluationOptions, evaluate_checkpoint
-from cars_ray.outputs import check_earlier_output, check_output_path
+from cars_ray.outputs import check_earlier_folder, check_output_path, start_output
 from cars_ray.progress import progress_console
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 from cars_ray.storage import check_shared_input
-from cars_ray.checkpoint import check_classes, read_meta
+from cars_ray.checkpoint import check_checkpoint, check_classes
 
 
 def main(argv=None) -> int:
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
-    meta = read_meta(args.checkpoint)
+    meta = check_checkpoint(args.checkpoint)  # meta.json and model.pt, here rather than in a Ray actor
     manifest = read_dataset(args.root_dir, args.layout)
     check_classes(meta, manifest.class_names, args.root_dir)
     if args.split_file:
@@ -51,7 +51,9 @@ def main(argv=None) -> int:
         raise DataError(f"no labelled images to evaluate in {args.root_dir}" + (f" for split {args.split!r}" if args.split_file else ""))
     output_dir = check_output_path(args.output_dir, "dir", [args.checkpoint, args.root_dir, manifest.root, args.split_file],
                                    "--output-dir")
-    check_earlier_output(output_dir, EVALUATION_OUTPUTS, False, args.overwrite, "--output-dir", can_resume=False)
+    check_earlier_folder(output_dir, "evaluate.py", EVALUATION_OUTPUTS, False, args.overwrite, can_resume=False)
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
+    start_output(output_dir, "evaluate.py")  # first: an interrupted evaluation is replaced with --overwrite
     init_ray(args, os.path.join(output_dir, "logs"))
     check_shared_input(rows.path.iloc[0], "the image")  # decoded by Ray Data tasks on any node
     with progress_console() as board:

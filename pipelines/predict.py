@@ -16,11 +16,12 @@ import os
 import sys
 
 from cars_ray.cli import EXIT_OK, make_parser, run_main
+from cars_ray.checkpoint import check_checkpoint
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
 from cars_ray.evaluate.predictor import backend_info
 from cars_ray.data.layouts import resolve_root
 from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 
 def literal_input_paths(argv: list[str]) -> list[str]:
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(literal_input_paths(sys.argv[1:] if argv is None else list(argv)))
 
     backend_info(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
+    if not args.checkpoint.endswith(".onnx"):
+        check_checkpoint(args.checkpoint)  # model.pt too, here rather than in a Ray actor
     paths = expand_inputs(args.input)
     # The CSV may go beside the images; it must not replace one of them or a checkpoint file.
     reads = paths + ([os.path.join(args.checkpoint, name) for name in os.listdir(args.checkpoint)]
@@ -56,6 +59,7 @@ def main(argv=None) -> int:
                                reads=reads)
     check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,
                          "the folder of --output", can_resume=False)
+    check_ray_arguments(args)
     init_ray(args)
     predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)  # None: min(5, classes)
     write_csv(output, predictions)

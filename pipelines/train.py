@@ -17,9 +17,9 @@ import time
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
-from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
+from cars_ray.outputs import OUTPUT_MARKER, check_earlier_folder, check_output_path, remove_outputs, start_output, write_yaml
 from cars_ray.progress import progress_console
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 # What a run writes into its output folder (ray_results/<run_name> is named by the config).
 RUN_OUTPUTS = ("config.yaml", "split.csv", "metrics.csv", "best", "evaluation")
@@ -41,13 +41,17 @@ def main(argv=None) -> int:
                                    [root, cfg.data.split_file, cfg.model.weights if os.path.isfile(cfg.model.weights) else None],
                                    "--output-dir")
     run_outputs = RUN_OUTPUTS + (os.path.join("ray_results", cfg.train.run_name),)
-    if check_earlier_output(output_dir, run_outputs, args.resume, args.overwrite, "--output-dir") and args.overwrite:
-        remove_outputs(output_dir, run_outputs)
+    if check_earlier_folder(output_dir, "train.py", run_outputs, args.resume, args.overwrite) and args.overwrite:
+        remove_outputs(output_dir, run_outputs + (OUTPUT_MARKER,))
     data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
     from cars_ray.train.runner import fit  # torch and Ray Train load in seconds: only once the inputs are good
+    from cars_ray.models.weights import check_model_weights
+
+    check_model_weights(cfg.model.backbone, cfg.model.weights)  # here, not in a worker after Ray and decoding
 
     cfg.train.output_dir = output_dir
-    os.makedirs(output_dir, exist_ok=True)
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
+    start_output(output_dir, "train.py")  # first: an interruption from here on leaves a run --resume continues
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
     dashboard = init_ray(args, os.path.join(output_dir, "logs"))

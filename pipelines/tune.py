@@ -18,8 +18,8 @@ from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
 from cars_ray.errors import ConfigError
-from cars_ray.outputs import check_earlier_output, check_output_path, remove_outputs, write_yaml
-from cars_ray.runtime import add_ray_arguments, init_ray
+from cars_ray.outputs import OUTPUT_MARKER, check_earlier_folder, check_output_path, remove_outputs, start_output, write_yaml
+from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 SEARCH_OUTPUTS = ("config.yaml", "split.csv", "tune_results.csv", "search.json", "tune.png", "best", "evaluation", "ray_results")
 
@@ -42,12 +42,16 @@ def main(argv=None) -> int:
         cfg.tune.num_samples = args.num_samples
     root = check_root_dir(cfg.data)
     output_dir = check_output_path(args.output_dir, "dir", [root, cfg.data.split_file], "--output-dir")
-    if check_earlier_output(output_dir, SEARCH_OUTPUTS, args.resume, args.overwrite, "--output-dir") and args.overwrite:
-        remove_outputs(output_dir, SEARCH_OUTPUTS)
+    if check_earlier_folder(output_dir, "tune.py", SEARCH_OUTPUTS, args.resume, args.overwrite) and args.overwrite:
+        remove_outputs(output_dir, SEARCH_OUTPUTS + (OUTPUT_MARKER,))
     data = load_training_table(cfg)  # a split or batch size that cannot train fails here, before Ray starts
     from cars_ray.tune.runner import run_search  # torch and Ray Train load in seconds: only once the inputs are good
+    from cars_ray.models.weights import check_model_weights
 
-    os.makedirs(output_dir, exist_ok=True)
+    check_model_weights(cfg.model.backbone, cfg.model.weights)  # here, not in a trial after Ray and decoding
+
+    check_ray_arguments(args)  # Ray must be startable or reachable before the output folder is made
+    start_output(output_dir, "tune.py")  # first: an interruption from here on leaves a search --resume continues
     write_yaml(os.path.join(output_dir, "config.yaml"), cfg.to_dict())
     started = time.perf_counter()
     init_ray(args, os.path.join(output_dir, "logs"))

@@ -3,9 +3,15 @@
     serve run serve.app:build checkpoint=runs/train/best          # local
     serve deploy serve/config.yaml                                 # cluster
 
-Routes: POST /predict (multipart field ``file`` or a raw image body; ``?topk=5``), GET /health,
-GET /classes, GET / (a page to drop a photo and see the top-5), GET /docs (OpenAPI).
+Routes: POST /predict (a raw image body, or multipart/form-data with one or several parts named ``file``;
+``?topk=5``), GET /health, GET /classes, GET / (a page to drop photos and see their top-5), GET /docs (OpenAPI).
 The checkpoint (or exported .onnx) brings its class names and preprocessing.
+
+Answers of POST /predict: one image (a raw body, or one ``file`` part) gets ``{"model", "filename",
+"predictions": [{"class_id", "class_name", "probability"}, ...]}`` (``filename``: the part's, or null);
+several ``file`` parts (up to ``max_files``) get ``{"model", "results": [{"filename", "predictions"} or
+{"filename", "error"}, ...]}``, one result per part in the order sent. Every 4xx answer, FastAPI's own
+included (unknown route, wrong method, validation), is ``{"error": "<one sentence>"}``.
 """
 
 
@@ -16,16 +22,20 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cars_ray.errors import ImageError
 from cars_ray.preprocessing import Preprocessing
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_FILES = 8  # 'file' parts answered in one request; more get a 413 naming the count
+ROUTES = "POST /predict, GET /health, GET /classes, GET / (the page), GET /docs"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
 
@@ -37,7 +47,20 @@ class ClassScore(BaseModel):
 
 class Prediction(BaseModel):
     model: str
+    filename: str | None = None  # the multipart part's filename; null for a raw body or a part without one
     predictions: list[ClassScore]
+
+
+class PartResult(BaseModel):
+    filename: str | None
+    predictions: list[ClassScore] | None = None  # or, for a part that is not a usable image:
+    error: str | None = None
+
+
+class Predictions(BaseModel):
+    """The answer to several 'file' parts: one result per part, in the order sent."""
+    model: str
+    results: list[PartResult]
 
 
 class ErrorBody(BaseModel):
@@ -79,20 +102,87 @@ class Classifier:
 api = FastAPI(title="cars_ray classifier", description="Fine-grained car model recognition (Stanford Cars classes).")
 
 
+@api.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own 4xx/5xx (unknown route, wrong method) in the shape of every error: {"error": sentence}."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        message = f"{where}: no such route; the routes are {ROUTES}"
+    elif exc.status_code == 405:
+        message = f"{where}: the method is not allowed on this route; the routes are {ROUTES}"
+    else:
+        message = f"{where}: {exc.detail}"
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's request validation (422) as {"error": sentence}: the first problem, where it is."""
+    problems = exc.errors()
+    first = problems[0] if problems else {}
+    where = ".".join(str(part) for part in first.get("loc", ())) or "the request"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}{more}"}, status_code=422)
+
+
 class UserInputError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
 
 
+def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, bytes]]:
+    """(filename, bytes) of every part named ``file`` of a multipart/form-data ``body``, in order, read with
+    python-multipart (the parser Starlette uses) so that a part without a filename, or with an empty one,
+    is a file like any other (RFC 7578 allows it; Starlette's form would turn it into text). The filename
+    is None when the part has none. Raises UserInputError(400) for a body that is not multipart or has
+    no 'file' part."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise UserInputError(400, "the multipart/form-data content type has no boundary")
+    parts: list[dict[str, Any]] = []
+    field, value = bytearray(), bytearray()
+
+    def header_end() -> None:
+        parts[-1]["headers"][bytes(field).strip().lower()] = bytes(value).strip()
+        field.clear()
+        value.clear()
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": lambda: parts.append({"headers": {}, "data": bytearray()}),
+        "on_part_data": lambda data, start, end: parts[-1]["data"].extend(data[start:end]),
+        "on_header_field": lambda data, start, end: field.extend(data[start:end]),
+        "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+        "on_header_end": header_end,
+    })
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as err:
+        raise UserInputError(400, f"the multipart/form-data body cannot be parsed ({err})") from None
+    files = []
+    for part in parts:
+        _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if options.get(b"name") == b"file":
+            filename = options.get(b"filename")
+            files.append((filename.decode("utf-8", "replace") if filename else None, bytes(part["data"])))
+    if not files:
+        raise UserInputError(400, "the multipart form has no 'file' field with an image")
+    return files
+
+
 @serve.deployment(name="CarsAPI", max_ongoing_requests=64)
 @serve.ingress(api)
 class CarsAPI:
     def __init__(self, classifier: DeploymentHandle, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_files: int = DEFAULT_MAX_FILES):
         self.classifier = classifier
         self.max_body_bytes = max_body_bytes
         self.max_pixels = max_pixels
+        self.max_files = max_files
         self._info: dict[str, Any] | None = None
 
     async def info(self) -> dict[str, Any]:
@@ -116,20 +206,47 @@ class CarsAPI:
     async def page(self) -> str:
         return resources.files("serve").joinpath("page.html").read_text(encoding="utf-8")
 
-    @api.post("/predict", response_model=Prediction, responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody},
-                                                                  415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+    @api.post("/predict", response_model=Prediction | Predictions,
+              responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 405: {"model": ErrorBody},
+                         413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
     async def predict(self, request: Request, topk: str | None = None):
+        """One image (raw body or one 'file' part): Prediction. Several 'file' parts: Predictions, a result
+        (predictions, or the error of that part) per part in the order sent, up to max_files."""
         try:
             info = await self.info()
             k = self.parse_topk(topk, len(info["class_names"]))
-            data = await self.read_image_bytes(request)
-            image = await asyncio.get_running_loop().run_in_executor(None, self.decode, data, info["preprocessing"])
+            uploads = await self.read_uploads(request)
+            if len(uploads) == 1:
+                filename, data = uploads[0]
+                if not data:
+                    raise UserInputError(400, "the request has no image: the body (or the 'file' field) is empty")
+                image = await self.decode_async(data, info["preprocessing"])
         except UserInputError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
-        probs = await self.classifier.predict.remote(image)
+        if len(uploads) == 1:
+            return {"model": info["model"], "filename": filename,
+                    "predictions": self.top_classes(await self.classifier.predict.remote(image), k, info)}
+        return {"model": info["model"], "results": await asyncio.gather(
+            *[self.predict_part(filename, data, k, info) for filename, data in uploads])}
+
+    async def predict_part(self, filename: str | None, data: bytes, k: int, info: dict[str, Any]) -> dict[str, Any]:
+        """One part of several: its predictions, or the sentence saying why it is not a usable image."""
+        try:
+            if not data:
+                raise UserInputError(400, "the part is empty")
+            image = await self.decode_async(data, info["preprocessing"])
+        except UserInputError as err:
+            return {"filename": filename, "error": str(err)}
+        return {"filename": filename, "predictions": self.top_classes(await self.classifier.predict.remote(image), k, info)}
+
+    @staticmethod
+    def top_classes(probs: np.ndarray, k: int, info: dict[str, Any]) -> list[dict[str, Any]]:
         order = np.argsort(-probs)[:k]
-        return {"model": info["model"], "predictions": [
-            {"class_id": int(i) + 1, "class_name": info["class_names"][i], "probability": float(probs[i])} for i in order]}
+        return [{"class_id": int(i) + 1, "class_name": info["class_names"][i], "probability": float(probs[i])}
+                for i in order]
+
+    async def decode_async(self, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(None, self.decode, data, preprocessing)
 
     @staticmethod
     def parse_topk(topk: str | None, num_classes: int) -> int:
@@ -143,22 +260,23 @@ class CarsAPI:
             raise UserInputError(422, f"topk must be from 1 to {num_classes}, got {k}")
         return k
 
-    async def read_image_bytes(self, request: Request) -> bytes:
+    async def read_uploads(self, request: Request) -> list[tuple[str | None, bytes]]:
+        """(filename, bytes) of each image sent: the raw body (filename None), or every multipart part
+        named 'file', in order; more than ``max_files`` parts is a 413 naming the count and the limit."""
         content_type = request.headers.get("content-type", "").lower()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise UserInputError(413, f"the request body is {int(declared)} bytes; the limit is {self.max_body_bytes}")
         if content_type.startswith("multipart/form-data"):
-            body = await self.read_body(request)
-            data = await self.multipart_file(request, body)
-        elif content_type.startswith(IMAGE_TYPES) or not content_type:
-            data = await self.read_body(request)
-        else:
-            raise UserInputError(415, f"content type {content_type!r} is not accepted; send an image body "
-                                      "(image/jpeg, image/png, ...) or multipart/form-data with a 'file' field")
-        if not data:
-            raise UserInputError(400, "the request has no image: the body (or the 'file' field) is empty")
-        return data
+            files = multipart_files(request.headers.get("content-type", ""), await self.read_body(request))
+            if len(files) > self.max_files:
+                raise UserInputError(413, f"the request has {len(files)} 'file' parts; the limit is {self.max_files} "
+                                          "per request: send the rest in further requests")
+            return files
+        if content_type.startswith(IMAGE_TYPES) or not content_type:
+            return [(None, await self.read_body(request))]
+        raise UserInputError(415, f"content type {content_type!r} is not accepted; send an image body "
+                                  "(image/jpeg, image/png, ...) or multipart/form-data with a 'file' field")
 
     async def read_body(self, request: Request) -> bytes:
         chunks, size = [], 0
@@ -168,19 +286,6 @@ class CarsAPI:
                 raise UserInputError(413, f"the request body exceeds the limit of {self.max_body_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    @staticmethod
-    async def multipart_file(request: Request, body: bytes) -> bytes:
-        from starlette.requests import Request as StarletteRequest
-
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        form = await StarletteRequest(request.scope, replay).form()
-        upload = form.get("file")
-        if upload is None or not hasattr(upload, "read"):
-            raise UserInputError(400, "the multipart form has no 'file' field with an image")
-        return await upload.read()
 
     def decode(self, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
         try:
@@ -210,7 +315,8 @@ def build(args: dict[str, str]) -> serve.Application:
 
     Arguments: checkpoint (a checkpoint directory or .onnx file; required), backend (auto, torch, onnx,
     onnx-int8; auto runs PyTorch on a GPU replica and ONNX Runtime on a CPU one), batching (true/false),
-    max_batch_size, batch_wait_timeout_s, max_body_bytes, max_pixels, min_replicas, max_replicas,
+    max_batch_size, batch_wait_timeout_s, max_body_bytes, max_pixels, max_files (images answered per request, default
+    8), min_replicas, max_replicas,
     target_ongoing_requests, num_cpus (per replica; also ONNX Runtime's thread count), num_gpus (per
     replica; default 0.25 when the cluster has GPUs and the replica runs PyTorch, else 0),
     health_check_period_s (how soon a dead replica is noticed and replaced; Serve's 10 s), access_log
@@ -244,4 +350,5 @@ def build(args: dict[str, str]) -> serve.Application:
     ).bind(path, str(args.get("batching", "true")).lower() == "true", int(args.get("max_batch_size", 16)),
            float(args.get("batch_wait_timeout_s", 0.01)), backend)
     return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}, logging_config=logging_config(args)).bind(
-        classifier, int(args.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)), int(args.get("max_pixels", DEFAULT_MAX_PIXELS)))
+        classifier, int(args.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)), int(args.get("max_pixels", DEFAULT_MAX_PIXELS)),
+        int(args.get("max_files", DEFAULT_MAX_FILES)))

@@ -66,7 +66,7 @@ def test_faults_are_reported_and_good_items_produced(ray_local, tmp_path):
             assert image.mode == "RGB"
     assert report["written"] == 6  # three good, alpha, cmyk, clamped box
     assert report["clamped"] == 1 and [(os.path.basename(i["path"]), i["reason"]) for i in report["clamped_items"]] == [
-        ("g1.jpg", "box outside the image: (50,40,500,400) on 100x80; clamped to the image")]
+        ("g1.jpg", "box clamped: (50,40,500,400) on 100x80 in the stored frame reaches past the image; cropped to 50x40")]
     assert not list(out.rglob("*.tmp-*")), "no temporary file is left behind"
 
 

@@ -17,6 +17,7 @@ from helpers.entry_points import call_pipeline, tree_hash
 
 DEMO = "configs/demo.yaml"
 TINY = ["model.backbone=test_efficientnet", "model.weights=none", "data.image_size=32", "train.epochs=1"]
+TINY_WITH = ["model.backbone=test_efficientnet", "data.image_size=32", "train.epochs=1", "data.batch_size=4"]  # weights given by the case
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     checkpoint = write_tiny_checkpoint(base / "ckpt")
     no_model = write_tiny_checkpoint(base / "ckpt_no_model")
     (no_model / "model.pt").unlink()
+    bad_model = write_tiny_checkpoint(base / "ckpt_bad_model")
+    (bad_model / "model.pt").write_bytes(b"not weights")
     unreadable = base / "unreadable"
     for name in ("Alpha", "Beta"):
         (unreadable / name).mkdir(parents=True)
@@ -52,12 +55,19 @@ def world(tmp_path_factory) -> dict[str, str]:
         (earlier_run / name).write_text("earlier\n")
     (earlier_run / "best").mkdir()
     (earlier_run / "best" / "model.pt").write_bytes(b"earlier weights")
+    import torch
+
+    pickled_module = base / "module.pth"  # code, not weights: weights-only loading refuses it
+    torch.save(torch.nn.Linear(2, 2), pickled_module)
+    not_weights = base / "notes.pth"
+    not_weights.write_text("not weights\n")
     earlier_export = base / "earlier.onnx"
     earlier_export.write_bytes(b"an earlier export")
     return {"root": str(root), "csv": str(boxed / "m.csv"), "csv_dir": str(boxed), "ckpt": str(checkpoint),
             "no_model": str(no_model), "other": str(other),
             "other_split": str(base / "other_split.csv"), "unreadable": str(unreadable), "file": str(existing_file),
-            "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new")}
+            "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new"),
+            "module_pth": str(pickled_module), "bad_model": str(bad_model), "notes_pth": str(not_weights)}
 
 
 # (case id, script, arguments, exit code, words expected in the last stderr line, output that must not appear)
@@ -132,12 +142,29 @@ CASES = [
      "data.pipeline is 'stream'; expected one of auto, cached, streaming", "{new}/t5"),
     ("config-zero-steps-per-epoch", "train.py", ["--config", DEMO, "data.root_dir={root}", "train.max_steps_per_epoch=0",
                                                  "--output-dir", "{new}/t6"], 2, "train.max_steps_per_epoch is 0", "{new}/t6"),
+    ("evaluate-checkpoint-unreadable-weights", "evaluate.py", ["--checkpoint", "{bad_model}", "--root-dir", "{root}",
+                                                               "--output-dir", "{new}/e1"], 2,
+     "model.pt is not a readable PyTorch weights file", "{new}/e1"),
+    ("predict-checkpoint-unreadable-weights", "predict.py", ["--checkpoint", "{bad_model}", "--input", "{root}",
+                                                             "--output", "{new}/p2.csv"], 2,
+     "model.pt is not a readable PyTorch weights file", "{new}/p2.csv"),
+    ("config-box-frame", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.box_frame=sideways",
+                                      "--output-dir", "{new}/t7"], 2,
+     "data.box_frame is 'sideways'; expected one of stored, upright", "{new}/t7"),
+    # A bad model.weights fails on the driver, before Ray starts, naming the file.
+    ("train-weights-pickled-module", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY_WITH,
+                                                  "model.weights={module_pth}", "--output-dir", "{new}/t8"], 2,
+     "module.pth holds Python objects other than tensors (torch.nn.modules.linear.Linear", "{new}/t8"),
+    ("tune-weights-not-a-weights-file", "tune.py", ["--config", "configs/tune_demo.yaml", "data.root_dir={root}", *TINY_WITH,
+                                                    "model.weights={notes_pth}", "--output-dir", "{new}/t9"], 2,
+     "notes.pth cannot be read", "{new}/t9"),
 ]
 
 
 @pytest.mark.parametrize("case, script, arguments, code, words, output", CASES, ids=[c[0] for c in CASES])
 def test_fault(world, case, script, arguments, code, words, output):
-    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx", "other")]
+    inputs = [world[key] for key in ("root", "csv_dir", "ckpt", "no_model", "file", "dir", "run", "onnx", "other",
+                                     "module_pth", "notes_pth", "bad_model")]
     before = tree_hash(*inputs)
     exit_code, _, stderr = call_pipeline(script, *[argument.format(**world) for argument in arguments])
     assert exit_code == code, stderr[-2000:]
@@ -206,3 +233,59 @@ def test_demo_names_the_packaged_sample_for_every_root_dir(tmp_path):
     code, stdout, stderr = call_pipeline("split.py", "--root-dir", "demo", "--out", str(tmp_path / "s.csv"))
     assert code == 0, stderr
     assert stdout.strip().splitlines()[-1].endswith("s.csv: train 277, val 40, test 79")
+
+
+LONG_TMPDIR = "/tmp/" + "t" * 115  # 120 characters: Ray's socket paths below it pass 107 bytes
+
+
+@pytest.mark.parametrize("env, address, words", [
+    ({"TMPDIR": LONG_TMPDIR}, None, "is too long for its socket paths (188 bytes, the limit is 107); set RAY_TMPDIR"),
+    ({"RAY_ADDRESS": "http://127.0.0.1:8265"}, None,
+     "RAY_ADDRESS=http://127.0.0.1:8265 is the dashboard's HTTP address, which `ray job submit` takes; a pipeline "
+     "joins a Ray cluster itself: unset RAY_ADDRESS to start a local Ray, or give auto"),
+    ({"RAY_ADDRESS": "grpc://127.0.0.1:6379"}, None, "is an address with the scheme grpc://, which Ray does not join"),
+    ({}, "http://127.0.0.1:8265", "--address=http://127.0.0.1:8265 is the dashboard's HTTP address"),
+    ({}, "headnode", "--address=headnode is not a Ray address; give auto, HOST:PORT"),
+    ({}, "127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
+    ({}, "ray://127.0.0.1:{port}", "nothing answers at 127.0.0.1:{port}"),
+], ids=["long-tmpdir", "dashboard-address", "wrong-scheme", "dashboard-address-flag", "no-port", "nothing-listening",
+        "ray-client-nothing-listening"])
+@pytest.mark.parametrize("script", ["crop.py", "predict.py"])
+def test_ray_start_faults_are_one_sentence_before_any_output(world, monkeypatch, env, address, words, script):
+    """Ray that cannot start or be reached: exit 2, one sentence saying what to change, no output folder or
+    file made (the check runs before it, and before Ray's own start-up, whether or not Ray runs here)."""
+    import ray
+
+    from helpers.data import free_port
+
+    port = str(free_port())
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a pipeline's own process
+    output = Path(world["new"]) / f"ray-{script}-{len(words)}"
+    arguments = (["--root-dir", world["root"], "--output-dir", str(output)] if script == "crop.py" else
+                 ["--checkpoint", world["ckpt"], "--input", world["root"], "--output", str(output)])
+    if address:
+        arguments += ["--address", address.format(port=port)]
+    code, _, stderr = call_pipeline(script, *arguments)
+    assert code == 2, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and words.format(port=port) in last and "Traceback" not in stderr, stderr[-2000:]
+    assert not output.exists(), "an output was left behind"
+
+
+def test_ray_start_check_accepts_what_ray_takes(monkeypatch):
+    """No address (a local Ray under a short temp folder), local, auto and a listening HOST:PORT pass."""
+    import socket
+
+    from cars_ray.runtime import check_ray_start
+
+    monkeypatch.setenv("RAY_TMPDIR", "/tmp")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        for address in (None, "local", "auto", f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+            check_ray_start(address)

@@ -35,7 +35,8 @@ def served(ray_local, checkpoint):
     try:
         # Two replicas (the last test kills one under load), a quick health check so it is replaced quickly.
         serve.run(build({"checkpoint": str(checkpoint), "max_pixels": "1000000", "max_body_bytes": "2000000",
-                         "min_replicas": "2", "max_replicas": "2", "num_cpus": "0.5", "health_check_period_s": "1"}),
+                         "min_replicas": "2", "max_replicas": "2", "num_cpus": "0.5", "health_check_period_s": "1",
+                         "max_files": "3"}),
                   name="cars", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -62,7 +63,8 @@ def test_predict_multipart_and_raw(served):
 def test_health_classes_page_docs(served):
     assert requests.get(f"{served}/health", timeout=30).json()["num_classes"] == 4
     assert [c["class_name"] for c in requests.get(f"{served}/classes", timeout=30).json()["classes"]] == CLASS_NAMES
-    assert "Drop a car photo" in requests.get(f"{served}/", timeout=30).text
+    page = requests.get(f"{served}/", timeout=30).text
+    assert "Drop car photos" in page and 'type="file" accept="image/*" multiple' in page
     assert "/predict" in requests.get(f"{served}/openapi.json", timeout=30).json()["paths"]
     assert requests.get(f"{served}/docs", timeout=30).status_code == 200
 
@@ -92,6 +94,76 @@ def test_bad_input_gets_one_sentence_and_service_survives(served, name, kwargs, 
     assert isinstance(error, str) and error and "\n" not in error
     after = requests.post(f"{served}/predict", data=jpeg_bytes(), headers={"content-type": "image/jpeg"}, timeout=60)
     assert after.status_code == 200
+
+
+def multipart(parts: list[tuple[str | None, bytes]], boundary: str = "cars-ray-test") -> tuple[bytes, dict]:
+    """A multipart/form-data body whose parts are all named 'file'; a filename None leaves it out (RFC 7578
+    allows it, as curl and several clients send it), "" sends it empty."""
+    body = b""
+    for filename, data in parts:
+        disposition = 'form-data; name="file"' + ("" if filename is None else f'; filename="{filename}"')
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_several_file_parts_are_each_answered_in_order(served):
+    one = requests.post(f"{served}/predict", files={"file": ("a.jpg", jpeg_bytes(seed=1), "image/jpeg")}, timeout=60).json()
+    assert one["filename"] == "a.jpg" and len(one["predictions"]) == 4
+    parts = [("a.jpg", jpeg_bytes(seed=1)), ("b.jpg", b"not an image"), ("c.jpg", jpeg_bytes(seed=2))]
+    response = requests.post(f"{served}/predict", files=[("file", (n, d, "image/jpeg")) for n, d in parts], timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert results[1]["error"].startswith("the upload is not a usable image (unreadable") and not results[1]["predictions"]
+    assert [p["class_id"] for p in results[0]["predictions"]] == [p["class_id"] for p in one["predictions"]]
+    assert results[0]["predictions"][0]["probability"] == pytest.approx(one["predictions"][0]["probability"], abs=1e-4)
+    assert len(results[2]["predictions"]) == 4 and not results[0]["error"]
+
+
+def test_more_file_parts_than_the_limit_are_refused_naming_both(served):
+    files = [("file", (f"{i}.jpg", jpeg_bytes(seed=i), "image/jpeg")) for i in range(4)]
+    response = requests.post(f"{served}/predict", files=files, timeout=60)
+    assert response.status_code == 413
+    assert response.json() == {"error": "the request has 4 'file' parts; the limit is 3 per request: send the rest "
+                                        "in further requests"}
+
+
+@pytest.mark.parametrize("filename", [None, ""], ids=["no-filename", "empty-filename"])
+def test_a_file_part_without_a_filename_is_classified(served, filename):
+    body, headers = multipart([(filename, jpeg_bytes(seed=4))])
+    response = requests.post(f"{served}/predict", data=body, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["filename"] is None and len(response.json()["predictions"]) == 4
+    body, headers = multipart([(filename, jpeg_bytes(seed=4)), ("x.jpg", jpeg_bytes(seed=5))])
+    results = requests.post(f"{served}/predict", data=body, headers=headers, timeout=60).json()["results"]
+    assert [r["filename"] for r in results] == [None, "x.jpg"] and all(len(r["predictions"]) == 4 for r in results)
+
+
+@pytest.mark.parametrize("method, path, status, words", [
+    ("get", "/nope", 404, "GET /nope: no such route; the routes are POST /predict"),
+    ("get", "/predict", 405, "GET /predict: the method is not allowed on this route"),
+    ("put", "/health", 405, "PUT /health: the method is not allowed on this route"),
+])
+def test_fastapis_own_errors_have_the_error_shape(served, method, path, status, words):
+    response = getattr(requests, method)(f"{served}{path}", timeout=30)
+    assert response.status_code == status and list(response.json()) == ["error"]
+    assert response.json()["error"].startswith(words)
+
+
+def test_validation_errors_have_the_error_shape():
+    import asyncio
+
+    from fastapi.exceptions import RequestValidationError
+    from starlette.requests import Request
+
+    from serve.app import validation_error
+
+    request = Request({"type": "http", "method": "POST", "path": "/predict", "headers": [], "query_string": b""})
+    problems = [{"loc": ("query", "topk"), "msg": "Input should be a valid integer", "type": "int_parsing"},
+                {"loc": ("body",), "msg": "Field required", "type": "missing"}]
+    response = asyncio.run(validation_error(request, RequestValidationError(problems)))
+    assert response.status_code == 422
+    assert json.loads(response.body) == {"error": "query.topk: Input should be a valid integer (and 1 more)"}
 
 
 def test_bounded_concurrency_zero_errors(served):

@@ -18,7 +18,7 @@ import pandas as pd
 import ray
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.images import EXIF_NOTE, box_problem, clamp_box, open_rgb
+from cars_ray.data.images import EXIF_NOTE, ORIENTATION, box_on_upright, open_rgb
 from cars_ray.data.manifest import Manifest, folder_name
 from cars_ray.errors import DataError, ImageError
 from cars_ray.outputs import write_atomic, write_csv
@@ -27,7 +27,6 @@ from cars_ray.storage import check_shared_input
 JPEG_QUALITY = 95
 CROP_OUTPUTS = ("crop_report.json", "crops.csv")  # what marks a folder as an earlier crop's output
 UNLABELLED_FOLDER = "_unlabelled"
-CLAMPED = "clamped to the image"  # the note of a crop whose box lay past the border
 BLOCKS_PER_CPU = 4  # enough blocks to balance load and show progress, few enough to keep task overhead low
 
 
@@ -70,35 +69,36 @@ def unique_names(stems: list[str], suffixes: list[str], sources: list[str]) -> l
     return names
 
 
-def crop_one(row: dict, margin: float) -> tuple[str, str, bytes]:
-    """Crop one image and encode it as JPEG: (status, reason, bytes), status ``cropped`` or ``skipped``.
-    A cropped image's reason is empty or its notes joined by "; ": the decode's (an unreadable EXIF block)
-    and, for a box past the image border, ``box_problem``'s sentence (the one inspect_data reports) with
-    CLAMPED after it."""
-    notes = []
+def crop_one(row: dict, margin: float, box_frame: str = "stored") -> tuple[str, str, bytes, str]:
+    """Crop one image and encode it as JPEG: (status, reason, bytes, clamp note), status ``cropped`` or
+    ``skipped``. A cropped image's reason holds the decode's note, if any (an unreadable EXIF block). The
+    box is read in ``box_frame`` (see :data:`cars_ray.data.images.BOX_FRAMES`), turned with the EXIF
+    orientation the decode applied; the clamp note says how a box reaching past the image was clamped
+    ("" when it was not)."""
+    note = ""
     try:
+        has_box = not np.isnan(row["x1"])
         image = open_rgb(row["path"])
-        if image.info.get(EXIF_NOTE):
-            notes.append(image.info[EXIF_NOTE])
-        if not np.isnan(row["x1"]):
+        remark = image.info.get(EXIF_NOTE, "")
+        if has_box:
+            # The orientation the decode really applied (1 when its EXIF block was unreadable and ignored).
+            orientation = image.info.get(ORIENTATION, 1) if box_frame == "stored" else 1
             box = (row["x1"], row["y1"], row["x2"], row["y2"])
-            problem = box_problem(box, image.width, image.height)
-            image = image.crop(clamp_box(box, image.width, image.height, margin))
-            if problem:
-                notes.append(f"{problem}; {CLAMPED}")
+            crop, clamped = box_on_upright(box, box_frame, orientation, image.width, image.height, margin)
+            image, note = image.crop(crop), clamped or ""
     except ImageError as err:
-        return "skipped", str(err), b""
+        return "skipped", str(err), b"", ""
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=JPEG_QUALITY)
-    return "cropped", "; ".join(notes), encoded.getvalue()
+    return "cropped", remark, encoded.getvalue(), note
 
 
-def crop_batch(batch: pd.DataFrame, margin: float) -> pd.DataFrame:
-    results = [crop_one(row, margin) for row in batch.to_dict("records")]
+def crop_batch(batch: pd.DataFrame, margin: float, box_frame: str = "stored") -> pd.DataFrame:
+    results = [crop_one(row, margin, box_frame) for row in batch.to_dict("records")]
     return pd.DataFrame({
         "row_id": batch["row_id"].to_numpy(),
-        "status": [status for status, _, _ in results], "reason": [reason for _, reason, _ in results],
-        "jpeg": [encoded for _, _, encoded in results],
+        "status": [r[0] for r in results], "reason": [r[1] for r in results],
+        "jpeg": [r[2] for r in results], "clamped": [r[3] for r in results],
     })
 
 
@@ -115,8 +115,12 @@ def save_crop(path: str, encoded: bytes, note: str = "") -> tuple[str, str]:
     return "written", note
 
 
-def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overwrite: bool = False) -> dict:
+def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overwrite: bool = False,
+                 box_frame: str = "stored") -> dict:
     """Crop all images of ``manifest`` into ``output_dir`` with Ray Data; returns the report.
+
+    Boxes are read in ``box_frame`` ("stored" pixels, Stanford Cars' own, or "upright"); a box that reaches
+    past its image is clamped, counted (``clamped``) and named (``clamped_items``) in the report.
 
     The crops are made wherever the cluster has CPUs, but written by this process (the driver):
     ``output_dir`` need not exist on the other nodes, and finished files are found here, once.
@@ -130,7 +134,7 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
     if clash:
         raise DataError(f"cropping into {output_dir} would overwrite the source image {clash}; choose another output folder")
     present = np.zeros(len(tasks), dtype=bool) if overwrite else tasks.out_path.map(os.path.exists).to_numpy(bool)
-    outcomes = [pd.DataFrame({"row_id": tasks.row_id[present], "status": "exists", "reason": ""})]
+    outcomes = [pd.DataFrame({"row_id": tasks.row_id[present], "status": "exists", "reason": "", "clamped": ""})]
     todo = tasks[~present]
     if len(todo):
         check_shared_input(todo.path.iloc[0], "the image")  # Ray Data tasks read the sources on any node
@@ -138,16 +142,16 @@ def crop_dataset(manifest: Manifest, output_dir: str, margin: float = 0.0, overw
         rows_per_block = int(np.clip(np.ceil(len(todo) / (BLOCKS_PER_CPU * cpus)), 16, 512))
         out_paths = dict(zip(todo.row_id, todo.out_path))
         crops = dataset_from_frame(todo[["row_id", "path", "x1", "y1", "x2", "y2"]], rows_per_block).map_batches(
-            crop_batch, batch_format="pandas", batch_size=None, fn_kwargs={"margin": margin})
+            crop_batch, batch_format="pandas", batch_size=None, fn_kwargs={"margin": margin, "box_frame": box_frame})
         for batch in crops.iter_batches(batch_format="pandas", batch_size=None):
             saved = [save_crop(out_paths[row_id], encoded, reason) if status == "cropped" else (status, reason)
                      for row_id, status, reason, encoded in zip(batch.row_id, batch.status, batch.reason, batch.jpeg)]
             outcomes.append(pd.DataFrame({"row_id": batch.row_id.to_numpy(), "status": [s for s, _ in saved],
-                                          "reason": [r for _, r in saved]}))
+                                          "reason": [r for _, r in saved], "clamped": batch.clamped.to_numpy()}))
     results = tasks[["row_id", "path", "out_rel", "class_index", "orig_split"]].merge(
         pd.concat(outcomes, ignore_index=True), on="row_id", how="left")
     write_index_files(manifest, results, output_dir)
-    return crop_report(manifest, results, output_dir, margin)
+    return crop_report(manifest, results, output_dir, margin, box_frame)
 
 
 def write_index_files(manifest: Manifest, results: pd.DataFrame, output_dir: str) -> None:
@@ -159,20 +163,23 @@ def write_index_files(manifest: Manifest, results: pd.DataFrame, output_dir: str
     write_csv(os.path.join(output_dir, "crops.csv"), crops.sort_values("path"))
 
 
-def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, margin: float) -> dict:
+def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, margin: float,
+                box_frame: str = "stored") -> dict:
     """The report: ``skipped`` counts every item of ``skipped_items`` (the images that could not be
     cropped, and the annotated rows not read: ``skipped_while_reading``); ``notes`` lists written crops
-    with a remark (an EXIF block ignored); ``ignored`` the folder entries left out (junk, extensions)."""
+    with a remark (an EXIF block ignored); ``clamped`` the written crops whose box was clamped to the image;
+    ``ignored`` the folder entries left out (junk, extensions)."""
     counts = results.status.value_counts()
     skipped = results[results.status == "skipped"]
     noted = results[(results.status == "written") & (results.reason.fillna("") != "")]
-    clamped = noted[noted.reason.str.contains(CLAMPED, regex=False)]
+    clamped = results[(results.clamped.fillna("") != "") & (results.status == "written")]
     items = ([{"path": p, "reason": r} for p, r in zip(skipped.path, skipped.reason)]
              + [{"path": p["path"], "reason": p["reason"]} for p in manifest.problems])
     return {
         "output_dir": os.path.abspath(output_dir),
         "layout": manifest.layout,
         "margin": margin,
+        "box_frame": box_frame,
         "num_images": int(len(results)),
         "written": int(counts.get("written", 0)),
         "already_present": int(counts.get("exists", 0)),
@@ -184,7 +191,8 @@ def crop_report(manifest: Manifest, results: pd.DataFrame, output_dir: str, marg
         "ignored": len(manifest.ignored),
         "ignored_items": manifest.ignored,
         "reading_problems": len(manifest.problems),
-        # Written, but from a box past the image border (inspect_data's "box outside the image"), cut at the border.
+        # Written crops whose box reached past the image and was clamped to it (crops made by an earlier
+        # run and kept by --resume were reported by that run).
         "clamped": int(len(clamped)),
-        "clamped_items": [{"path": p, "reason": r} for p, r in zip(clamped.path, clamped.reason)],
+        "clamped_items": [{"path": p, "reason": r} for p, r in zip(clamped.path, clamped.clamped)],
     }

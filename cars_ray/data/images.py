@@ -25,6 +25,7 @@ MAX_IMAGE_PIXELS = 89_478_485  # PIL's own default bomb limit (about 0.25 GB of 
 # limit, yet its resize to a model's input would need gigabytes).
 MAX_ASPECT_RATIO = 50
 EXIF_NOTE = "cars_ray_note"  # key in Image.info of a note about the decode (an unreadable EXIF block)
+ORIENTATION = "cars_ray_orientation"  # key in Image.info: the EXIF orientation (1-8) the decode applied
 
 
 def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int, int] | None = None,
@@ -83,17 +84,23 @@ def open_rgb(source: str | os.PathLike | bytes | BinaryIO, draft_size: tuple[int
 
 
 def upright(image: Image.Image) -> Image.Image:
-    """The image turned as its EXIF Orientation says (Pillow's ``exif_transpose``).
+    """The image turned as its EXIF Orientation says (Pillow's ``exif_transpose``); the orientation applied
+    is in ``image.info[ORIENTATION]``.
 
     A malformed EXIF block (a numeric tag holding text, a broken offset) makes Pillow raise while it
     reads or rewrites the block: the image is then returned as stored, with the reason in
     ``image.info[EXIF_NOTE]``, rather than losing the photo for its metadata.
     """
     try:
-        return ImageOps.exif_transpose(image)
+        orientation = int(image.getexif().get(0x0112, 1))
+        turned = ImageOps.exif_transpose(image)
     except Exception as err:  # Pillow raises assorted types (SyntaxError, struct.error, TypeError) for bad EXIF
         image.info[EXIF_NOTE] = f"EXIF block unreadable ({type(err).__name__}: {err}): orientation ignored"
+        image.info[ORIENTATION] = 1
         return image
+    # What was applied, so that a box in stored pixels is turned the same way (never read twice, never disagreeing).
+    turned.info[ORIENTATION] = orientation if 1 <= orientation <= 8 else 1
+    return turned
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -151,3 +158,72 @@ def box_problem(box: tuple[float, float, float, float], width: int, height: int)
     if x1 < 0 or y1 < 0 or x2 > width + 1 or y2 > height + 1:
         return f"box outside the image: ({x1:g},{y1:g},{x2:g},{y2:g}) on {width}x{height}"
     return None
+
+
+# ----------------------------------------------------------------------------- the frame of a box
+# A box is read in one of two frames. "stored" (the default, and Stanford Cars' own): pixel coordinates of the
+# image as its file stores it, before the EXIF Orientation tag is applied, as the devkit's annotations and most
+# annotation tools give them. "upright": coordinates of the image as shown, after the orientation is applied
+# (what open_rgb returns). A box in the stored frame is moved onto the upright image before cropping.
+BOX_FRAMES = ("stored", "upright")
+
+
+def exif_orientation(source: str | os.PathLike | bytes | BinaryIO) -> int:
+    """The EXIF Orientation (1-8) of an image file or bytes, read from its header only; 1 when absent or
+    unreadable (open_rgb then reports an unreadable file)."""
+    try:
+        stream = io.BytesIO(source) if isinstance(source, bytes) else source
+        position = stream.tell() if hasattr(stream, "tell") else None
+        with Image.open(stream) as image:
+            orientation = int(image.getexif().get(0x0112, 1))
+        if position is not None:
+            stream.seek(position)
+    except Exception:  # a broken header fails open_rgb with its reason; here it only means "no rotation"
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+def stored_to_upright(box: tuple[float, float, float, float], orientation: int, stored_width: int,
+                      stored_height: int) -> tuple[float, float, float, float]:
+    """A box (x1, y1, x2, y2) in stored-pixel coordinates moved onto the upright image, by the transpose
+    that PIL's ``ImageOps.exif_transpose`` applies for ``orientation`` (1-8)."""
+    x1, y1, x2, y2 = box
+    w, h = stored_width, stored_height
+    corners = {
+        1: (x1, y1, x2, y2),
+        2: (w - x2, y1, w - x1, y2),  # mirrored left-right
+        3: (w - x2, h - y2, w - x1, h - y1),  # rotated 180
+        4: (x1, h - y2, x2, h - y1),  # mirrored top-bottom
+        5: (y1, x1, y2, x2),  # transposed
+        6: (h - y2, x1, h - y1, x2),  # stored rotated 90 counter-clockwise: shown turned clockwise
+        7: (h - y2, w - x2, h - y1, w - x1),  # transversed
+        8: (y1, w - x2, y2, w - x1),  # stored rotated 90 clockwise: shown turned counter-clockwise
+    }
+    return corners.get(orientation, corners[1])
+
+
+def box_on_upright(box: tuple[float, float, float, float], frame: str, orientation: int, width: int, height: int,
+                   margin: float = 0.0) -> tuple[tuple[int, int, int, int], str | None]:
+    """The integer crop box on the upright ``width`` x ``height`` image for ``box`` read in ``frame`` ("stored"
+    or "upright") of an image with EXIF ``orientation``, grown by ``margin`` and clamped; and, when the box
+    itself reaches past the image in its frame (beyond the 1-pixel slack of 1-based inclusive boxes), the
+    sentence that says it was clamped (never done silently: crop reports count and name it).
+    Raises ImageError for a box that is inverted, empty or wholly outside the image."""
+    if frame not in BOX_FRAMES:
+        raise ValueError(f"box frame {frame!r} is not one of {', '.join(BOX_FRAMES)}")
+    frame_width, frame_height = frame_size(frame, orientation, width, height)
+    problem = box_problem(box, frame_width, frame_height)
+    if frame == "stored" and orientation != 1:
+        box = stored_to_upright(box, orientation, frame_width, frame_height)
+    crop = clamp_box(box, width, height, margin)
+    clamped = None
+    if problem and problem.startswith("box outside"):
+        clamped = (f"box clamped: {problem.split(': ', 1)[1]} in the {frame} frame"
+                   f"{f' (EXIF orientation {orientation})' if orientation != 1 else ''} reaches past the image; cropped to "
+                   f"{crop[2] - crop[0]}x{crop[3] - crop[1]}")
+    return crop, clamped
+
+
+def frame_size(frame: str, orientation: int, width: int, height: int) -> tuple[int, int]:
+    """The size of the image in a box's ``frame``, given the upright ``width`` x ``height``."""
+    return (height, width) if frame == "stored" and orientation in (5, 6, 7, 8) else (width, height)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.files import content_hash, duplicate_groups
-from cars_ray.data.images import EXIF_NOTE, box_problem, clamp_box, open_rgb
+from cars_ray.data.images import EXIF_NOTE, ORIENTATION, box_on_upright, box_problem, frame_size, open_rgb
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ImageError
 from cars_ray.plots import sample_grid
@@ -17,8 +17,9 @@ from cars_ray.plots import sample_grid
 ROWS_PER_BLOCK = 128
 
 
-def check_batch(batch: pd.DataFrame) -> pd.DataFrame:
-    """Decode each image fully (so truncation shows), check its box against its size, hash its bytes.
+def check_batch(batch: pd.DataFrame, box_frame: str = "stored") -> pd.DataFrame:
+    """Decode each image fully (so truncation shows), check its box against its size in ``box_frame``
+    (stored pixels, or upright after EXIF orientation: the frame crop.py reads it in), hash its bytes.
 
     Columns: path, width, height (-1 when unreadable), reason (a problem, or ""), note (a remark on
     a readable image, such as an EXIF block ignored, or ""), sha256 (hex of the file's bytes, "" when
@@ -37,7 +38,12 @@ def check_batch(batch: pd.DataFrame) -> pd.DataFrame:
             continue
         widths.append(image.width), heights.append(image.height), notes.append(image.info.get(EXIF_NOTE, ""))
         box = (row["x1"], row["y1"], row["x2"], row["y2"])
-        reasons.append("" if math.isnan(box[0]) else (box_problem(box, image.width, image.height) or ""))
+        orientation = image.info.get(ORIENTATION, 1) if box_frame == "stored" else 1  # as the decode applied it
+        size = frame_size(box_frame, orientation, image.width, image.height)
+        problem = None if math.isnan(box[0]) else box_problem(box, *size)
+        if problem and problem.startswith("box outside"):
+            problem += f" in the {box_frame} frame" + (f" (EXIF orientation {orientation})" if orientation != 1 else "")
+        reasons.append(problem or "")
     return pd.DataFrame({"path": batch["path"].to_numpy(), "width": widths, "height": heights, "reason": reasons,
                          "note": notes, "sha256": hashes})
 
@@ -66,13 +72,14 @@ def find_duplicates(manifest: Manifest, checked: pd.DataFrame, split: pd.DataFra
     return found
 
 
-def inspect_manifest(manifest: Manifest, split: pd.DataFrame | None = None) -> dict:
-    """The inspection report as a JSON-ready dict; ``split`` (a read split file) adds its splits to the
-    exact duplicates found, so copies of one image in two splits show."""
+def inspect_manifest(manifest: Manifest, split: pd.DataFrame | None = None, box_frame: str = "stored") -> dict:
+    """The inspection report as a JSON-ready dict; boxes are checked in ``box_frame``; ``split`` (a read
+    split file) adds its splits to the exact duplicates found, so copies of one image in two splits show."""
     table = manifest.table
     columns = ["path", "x1", "y1", "x2", "y2"]
     checked = (dataset_from_frame(table[columns], ROWS_PER_BLOCK)
-               .map_batches(check_batch, batch_format="pandas", batch_size=None).to_pandas()
+               .map_batches(check_batch, batch_format="pandas", batch_size=None, fn_kwargs={"box_frame": box_frame})
+               .to_pandas()
                if len(table) else pd.DataFrame(columns=["path", "width", "height", "reason", "note", "sha256"]))
     problems = [{"path": p, "reason": r, "source": "image"} for p, r in zip(checked.path, checked.reason) if r]
     problems += manifest.problems
@@ -88,6 +95,7 @@ def inspect_manifest(manifest: Manifest, split: pd.DataFrame | None = None) -> d
         "num_images": int(len(table)),
         "num_labelled": int((table.class_index >= 0).sum()),
         "num_with_boxes": int(manifest.has_boxes().sum()),
+        "box_frame": box_frame,
         "original_splits": {k or "none": int(v) for k, v in splits.items()},
         "per_class": per_class,
         "per_class_stats": {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max())},
@@ -173,16 +181,19 @@ def format_summary(report: dict, max_problems: int = 20, show_classes: int = 0) 
     return "\n".join(lines)
 
 
-def samples_figure(manifest, num_classes: int):
+def samples_figure(manifest, num_classes: int, box_frame: str = "stored"):
     """First readable image of each of the first ``num_classes`` classes, cropped to its box."""
     images, titles = [], []
     table = manifest.table
     for index in range(min(num_classes, manifest.num_classes)):
         for row in table[table.class_index == index].head(5).itertuples():
             try:
+                has_box = not np.isnan(row.x1)
                 image = open_rgb(row.path)
-                if not np.isnan(row.x1):
-                    image = image.crop(clamp_box((row.x1, row.y1, row.x2, row.y2), image.width, image.height))
+                if has_box:
+                    orientation = image.info.get(ORIENTATION, 1) if box_frame == "stored" else 1
+                    image = image.crop(box_on_upright((row.x1, row.y1, row.x2, row.y2), box_frame, orientation,
+                                                      image.width, image.height)[0])
             except ImageError:
                 continue
             image.thumbnail((256, 256))

@@ -6,8 +6,11 @@ in order, map one to one onto timm's ``tf_efficientnet_lite{0,1,2}`` (same tenso
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
+import pickle
+import re
 
 import timm
 import torch
@@ -77,14 +80,104 @@ def load_backbone_weights(model: nn.Module, backbone: str, weights: str) -> str:
     else:
         if not os.path.isfile(weights):
             raise ConfigError(f"model.weights={weights!r} is neither offline, hub, none nor an existing file")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        state = read_weights_file(weights)
         source = f"file {weights}"
-    own = model.state_dict()
+    model.load_state_dict(fitting_tensors(model.state_dict(), state, source, backbone))
+    return source
+
+
+# Where the common checkpoint shapes keep the weights, in order of preference: timm's train.py
+# ({"state_dict", "state_dict_ema", "args", ...}), torchvision's and many others' "model", EMA-only files.
+STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "ema", "net", "module")
+# Prefixes that wrappers put before every parameter name: DDP/DataParallel, torch.compile, a cars_ray model.pt.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "backbone.")
+# Objects a trusted training script puts beside the tensors; weights_only loading refuses all others.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+def read_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file of a common shape: a bare state dict, or one under ``state_dict``,
+    ``model``, ``state_dict_ema`` (an EMA-only file), ``model_ema``, ``ema``, ``net`` or ``module`` (timm's
+    ``train.py`` checkpoints with their ``argparse.Namespace`` included), parameter names with a ``module.``
+    (DDP), ``_orig_mod.`` (torch.compile) or ``backbone.`` prefix stripped. Loaded with ``weights_only``
+    (no code runs), ``argparse.Namespace`` allowed. Returns {name: tensor} on the CPU; raises
+    CheckpointError in one sentence naming ``path`` and what was expected."""
+    expected = ("a PyTorch weights file (a state dict of tensors, bare or under state_dict / state_dict_ema / "
+                "model, e.g. from torch.save(model.state_dict(), path))")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises assorted types for files that are not its archives (RuntimeError, EOFError, ...)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if isinstance(err, pickle.UnpicklingError) and refused:
+            raise CheckpointError(f"model.weights {path} holds Python objects other than tensors ({refused.group(1)}, "
+                                  "which weights-only loading refuses to run); "
+                                  f"expected {expected}: save the model's state_dict() instead") from None
+        raise CheckpointError(f"model.weights {path} cannot be read ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:160]}); expected {expected}") from None
+    state = _state_dict_in(loaded)
+    if state is None:
+        keys = f" with keys {', '.join(map(str, list(loaded)[:6]))}" if isinstance(loaded, dict) else ""
+        raise CheckpointError(f"model.weights {path} is a {type(loaded).__name__}{keys}; expected {expected}")
+    return {_strip_prefixes(name): tensor for name, tensor in state.items()}
+
+
+def _state_dict_in(loaded: object) -> dict[str, torch.Tensor] | None:
+    def is_state_dict(value: object) -> bool:
+        return isinstance(value, dict) and bool(value) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+    if is_state_dict(loaded):
+        return loaded
+    if isinstance(loaded, dict):
+        for key in STATE_DICT_KEYS:
+            if is_state_dict(loaded.get(key)):
+                return loaded[key]
+    return None
+
+
+def _strip_prefixes(name: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
+def fitting_tensors(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+                    backbone: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` that a headless ``backbone`` (state dict ``own``) takes; every one of its
+    tensors must be there with its shape (a classifier of another task is left out). CheckpointError else."""
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable]
     if missing:
-        raise CheckpointError(f"model.weights: {source} lacks {len(missing)} backbone tensor(s) of {backbone}, "
-                              f"e.g. {missing[0]!r}")
-    model.load_state_dict(usable)
-    return source
+        wrong_shape = next((k for k in missing if k in state), None)
+        example = (f"{wrong_shape!r} is {tuple(state[wrong_shape].shape)}, the backbone's {tuple(own[wrong_shape].shape)}"
+                   if wrong_shape else f"e.g. {missing[0]!r}")
+        raise CheckpointError(f"model.weights: {source} lacks {len(missing)} of the {len(own)} tensors of the backbone "
+                              f"{backbone} ({example}); give weights saved from {backbone}")
+    return usable
+
+
+def check_model_weights(backbone: str, weights: str) -> None:
+    """On the driver, before Ray starts: ``model.weights`` names weights that will load into ``backbone``
+    (offline: the package is installed; a file: read as :func:`read_weights_file` reads it, and every
+    backbone tensor fits). ``hub`` downloads on the workers and is not checked. ConfigError /
+    CheckpointError in one sentence."""
+    if weights in ("none", "hub"):
+        return
+    if weights == "offline":
+        offline_weights_path(backbone)
+        return
+    if not os.path.isfile(weights):
+        raise ConfigError(f"model.weights={weights!r} is neither offline, hub, none nor an existing file")
+    state = read_weights_file(weights)
+    try:
+        own = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="").state_dict()
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ConfigError(f"model.backbone {backbone!r} is not a timm model name") from None
+        raise
+    fitting_tensors(own, state, f"file {weights}", backbone)

@@ -58,13 +58,17 @@ def check_cluster_paths(cfg: Config, output_dir: str, table: pd.DataFrame) -> No
     check_shared_output(output_dir, "--output-dir")
 
 
-def prepare_run_dir(cfg: Config, output_dir: str, resume: bool) -> str:
-    """The Ray Train storage of this run; a fresh run starts without the old run's checkpoints."""
+def prepare_run_dir(cfg: Config, output_dir: str, resume: bool, progress=None) -> str:
+    """The Ray Train storage of this run; a fresh run starts without the old run's checkpoints.
+
+    ``resume`` where the run saved nothing yet (train.py checked that ``output_dir`` holds this run's
+    earlier output: it was interrupted before Ray Train's first report) starts the run from epoch 1."""
     storage = storage_dir(cfg, output_dir)
     run_dir = storage_join(storage, cfg.train.run_name)
     exists = storage_exists(run_dir)
     if resume and not exists:
-        raise ConfigError(f"--resume: no earlier run {cfg.train.run_name!r} in {storage}")
+        note(f"[cars_ray] --resume: run {cfg.train.run_name!r} saved nothing in {storage} before it stopped; "
+             "starting it from epoch 1", progress)
     if not resume and exists:
         remove_storage(run_dir)
     return storage
@@ -104,7 +108,7 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     cfg = resolved_pipeline(cfg, data.choice.pipeline)
     settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking,
                             split_rows=data.split_rows, streams=data.streams)
-    run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume))
+    run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume, progress))
     trainer = build_trainer(cfg, settings, data.datasets, run_config, train_fn)
     with watching_ctrl_c() as interrupted:
         try:

@@ -21,7 +21,7 @@ from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import curves_figure, training_curves_figure
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
-from cars_ray.storage import storage_exists, storage_join
+from cars_ray.storage import remove_storage, storage_exists, storage_join
 from cars_ray.train.tracking import TrackingTarget
 from cars_ray.train.runner import (check_cluster_paths, copy_inference_checkpoint, resolved_pipeline, storage_dir,
                                      write_used_split)
@@ -102,9 +102,13 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     if not resume and storage_exists(experiment_dir):
         raise ConfigError(f"train.storage_path {storage} already holds a search ({EXPERIMENT}/); continue it with "
                           "--resume or give another train.storage_path")
+    if resume and not tune.Tuner.can_restore(experiment_dir):
+        # tune.py checked that the output folder holds this search: it stopped before Tune saved its state.
+        print(f"[cars_ray] --resume: the search saved no state in {experiment_dir} before it stopped; starting it afresh")
+        if storage_exists(experiment_dir):
+            remove_storage(experiment_dir)
+        resume = False
     if resume:
-        if not tune.Tuner.can_restore(experiment_dir):
-            raise ConfigError(f"--resume: no Tune experiment to restore in {experiment_dir}")
         tuner = tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
