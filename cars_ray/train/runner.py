@@ -16,7 +16,7 @@ from cars_ray.config import Config
 from cars_ray.data.loading import load_training_table, prepare_training_data
 from cars_ray.data.manifest import Manifest
 from cars_ray.data.split import split_of, write_split
-from cars_ray.errors import CarsRayError, ConfigError, Interrupted
+from cars_ray.errors import CarsRayError, Interrupted
 from cars_ray.evaluate.evaluation import EvaluationOptions, evaluate_checkpoint
 from cars_ray.outputs import replace_dir, write_csv, write_figure, write_json
 from cars_ray.plots import training_curves_figure
