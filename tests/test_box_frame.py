@@ -111,7 +111,8 @@ def test_crop_pipeline_reads_the_box_frame_and_reports_clamped_boxes(ray_local, 
     assert (report["box_frame"], report["written"], report["clamped"]) == ("stored", 3, 1)
     assert report["clamped_items"] == [{"path": str(data / "c.jpg"), "reason": "box clamped: (350,250,420,320) on "
                                         "400x300 in the stored frame reaches past the image; cropped to 50x50"}]
-    assert "1 box(es) reached past their image and were clamped" in stdout
+    assert "written 3 (of which 1 from boxes clamped to the image)" in stdout
+    assert f"  clamped {data / 'c.jpg'}: box clamped: (350,250,420,320)" in stdout
     for name in ("a", "b"):
         crop = Image.open(tmp_path / "o" / "Alpha Sedan 2010" / f"{name}.jpg")
         assert crop.size == (90, 160) and redness(np.asarray(crop)) > 0.95

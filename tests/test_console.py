@@ -47,7 +47,8 @@ def test_inspect_lists_the_classes_it_shows():
     report = {"layout": "folder", "root": "/d", "num_classes": 3, "num_images": 9, "num_labelled": 9, "num_with_boxes": 0,
               "original_splits": {"none": 9}, "per_class": {"Audi TTS Coupe 2012": 4, "BMW M3 Coupe 2012": 3, "Smart fortwo": 2},
               "per_class_stats": {"min": 2, "median": 3.0, "max": 4}, "image_size": None, "notes": [], "problems": [],
-              "problem_counts": {}}
+              "problem_counts": {}, "image_notes": [], "ignored": [], "duplicates": [],
+              "duplicate_counts": {"within a class": 0, "across classes": 0, "across splits": 0}}
     lines = format_summary(report, show_classes=2).splitlines()
     assert lines[1:4] == ["classes     : 3 (the first 2: id, name, images)",
                           "     1  Audi TTS Coupe 2012: 4", "     2  BMW M3 Coupe 2012: 3"]

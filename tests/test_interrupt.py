@@ -40,9 +40,9 @@ if moment == "before-ray":
 elif moment == "mid-crop":
     import cars_ray.data.crop
     save = cars_ray.data.crop.save_crop
-    def slow_save(path, encoded):
+    def slow_save(path, encoded, note=""):
         time.sleep(0.4)
-        return save(path, encoded)
+        return save(path, encoded, note)
     cars_ray.data.crop.save_crop = slow_save
 sys.argv = [script, *args]
 runpy.run_path(script, run_name="__main__")
@@ -180,7 +180,7 @@ def test_train_interrupted_before_its_first_epoch_resumes_or_is_overwritten(ray_
 
     calls = []
 
-    def fit_until_ray_train(cfg, output_dir, resume=False, data=None, progress=None):
+    def fit_until_ray_train(cfg, output_dir, resume=False, data=None, progress=None, **kwargs):
         calls.append((resume, runner.prepare_run_dir(cfg, output_dir, resume)))
         raise KeyboardInterrupt
 
