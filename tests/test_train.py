@@ -223,7 +223,7 @@ def test_a_runs_test_rows_are_evaluated_again_from_its_split_file(baseline_run, 
     wrote = stdout.strip().splitlines()[-1]  # every file it wrote, and only those
     assert wrote.startswith("wrote ") and wrote.endswith(f" to {tmp_path / 'again'}")
     named = wrote[len("wrote "):-len(f" to {tmp_path / 'again'}")].split(", ")
-    assert sorted(named) == sorted(p.name for p in (tmp_path / "again").iterdir() if p.name != "logs")
+    assert sorted(named) == sorted(p.name for p in (tmp_path / "again").iterdir() if p.name != "logs" and not p.name.startswith("."))  # the marker is hidden
     metrics = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert metrics["num_images"] == baseline_run.test_metrics["num_images"] == 16
     assert metrics["top1"] == pytest.approx(baseline_run.test_metrics["top1"])
