@@ -48,7 +48,7 @@ def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> str:
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": args.num_cpus}
     try:
         context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
-    except (ConnectionError, OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - Ray raises bare Exception too ("The current node timed out during startup")
         raise RayStartError(ray_start_sentence(address, source, err)) from None
     quiet_ray_data(verbose)
     route_raylet_messages(verbose)

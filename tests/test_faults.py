@@ -8,6 +8,7 @@ process; the paths are checked before Ray starts, so no row starts Ray.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,27 @@ def test_ray_start_check_accepts_what_ray_takes(monkeypatch):
         port = server.getsockname()[1]
         for address in (None, "local", "auto", f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
             check_ray_start(address)
+
+
+def test_a_ray_that_fails_while_starting_is_one_sentence(world, tmp_path):
+    """What check_ray_start cannot foresee: ray.init itself fails (Ray raises a bare Exception when its node
+    times out during start-up on an overloaded machine): exit 2 and one sentence, never a traceback. A real
+    process: the pipeline sends Ray's native output to its log, and its own sentence to the terminal."""
+    import subprocess
+    import sys
+
+    driver = (
+        "import runpy, sys, ray\n"
+        "def timed_out(*_, **__):\n"
+        "    raise Exception('The current node timed out during startup. This could happen because some of the '\n"
+        "                    'raylet failed to startup or the GCS has become overloaded.')\n"
+        "ray.init = timed_out\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", driver, "pipelines/crop.py", "--root-dir", world["root"],
+                           "--output-dir", str(tmp_path / "rt")], cwd=Path(__file__).resolve().parents[1],
+                          env={**env, "RAY_TMPDIR": "/tmp"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: could not start a local Ray (Exception: The current node timed out during startup."), proc.stderr[-2000:]
