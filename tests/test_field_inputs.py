@@ -740,3 +740,25 @@ def test_evaluation_names_the_images_it_could_not_score(ray_local, tmp_path):
     assert metrics["num_listed"] == 9 and metrics["num_images"] == 8 and metrics["not_scored"] == [rel]
     assert f"warning: 1 of 9 images could not be decoded and are not scored (listed in metrics.json): {rel}" in out
     assert tree_hash(root) == before
+
+
+def test_duplicates_name_each_files_classes_and_every_kind_of_a_group(tmp_path):
+    """A group of three copies (two of one class, one of another) is within a class AND across classes; an
+    image listed twice (two boxes, two classes) is one file, never a copy of itself, and keeps both classes."""
+    from cars_ray.data.files import content_hash
+    from cars_ray.data.inspection import find_duplicates
+
+    make_image(tmp_path / "a.jpg", (60, 40), seed=1)
+    for name in ("b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes((tmp_path / "a.jpg").read_bytes())
+    make_image(tmp_path / "d.jpg", (60, 40), seed=2)
+    write_names_csv(tmp_path / "names.csv")
+    (tmp_path / "m.csv").write_text("path,label,x1,y1,x2,y2\na.jpg,1,1,1,30,30\nb.jpg,1,1,1,30,30\nc.jpg,2,1,1,30,30\n"
+                                    "d.jpg,1,1,1,30,30\nd.jpg,2,5,5,40,30\n")
+    manifest = read_dataset(tmp_path / "m.csv")
+    paths = sorted(set(manifest.table.path))
+    checked = pd.DataFrame({"path": paths, "sha256": [content_hash(p) for p in paths]})
+    groups = find_duplicates(manifest, checked)
+    assert [[os.path.basename(p) for p in g["paths"]] for g in groups] == [["a.jpg", "b.jpg", "c.jpg"]]
+    assert groups[0]["classes"] == [CLASS_NAMES[0], CLASS_NAMES[0], CLASS_NAMES[1]]
+    assert groups[0]["kinds"] == ["within a class", "across classes"]

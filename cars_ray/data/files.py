@@ -142,9 +142,10 @@ def content_hash(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def duplicate_groups(paths: Iterable[str], hashes: Iterable[str]) -> list[list[str]]:
-    """Groups (two or more paths each, sorted; groups sorted by first path) of files with equal hashes."""
-    by_hash: dict[str, list[str]] = {}
+    """Groups (two or more distinct paths each, sorted; groups sorted by first path) of files with equal
+    hashes. A path listed more than once (an image with several boxes) is one file, not a copy."""
+    by_hash: dict[str, set[str]] = {}
     for path, digest in zip(paths, hashes):
         if digest:
-            by_hash.setdefault(digest, []).append(path)
+            by_hash.setdefault(digest, set()).add(path)
     return sorted((sorted(group) for group in by_hash.values() if len(group) > 1), key=lambda g: g[0])

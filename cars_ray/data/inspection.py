@@ -53,22 +53,32 @@ def find_duplicates(manifest: Manifest, checked: pd.DataFrame, split: pd.DataFra
 
     Each group: ``paths`` (sorted), ``sha256``, ``classes`` (class names, "" for unlabelled),
     ``splits`` (from ``split``, a ``path,class_id,split`` table, when given; "" for a path it lacks)
-    and ``kinds``: "within a class", "across classes", "across splits" (one or more).
+    and ``kinds``: "within a class" (two files of one class), "across classes" (files labelled differently),
+    "across splits" (one or more; "unlabelled" when no file of the group has a class).
     """
     hashes = dict(zip(checked.path, checked.sha256))
     table = manifest.table
     groups = duplicate_groups(table.path, [hashes.get(p, "") for p in table.path])
-    class_of = dict(zip(table.path, table.class_index))
+    classes_of: dict[str, set[int]] = {}  # a path listed with several boxes may carry several classes
+    for path, class_index in zip(table.path, table.class_index):
+        classes_of.setdefault(path, set()).add(int(class_index))
     rel_of = dict(zip(table.path, table.rel_path))
     split_of = dict(zip(split.path, split.split)) if split is not None else {}
+    name = lambda index: manifest.class_names[index] if index >= 0 else ""  # noqa: E731
     found = []
     for group in groups:
-        classes = [manifest.class_names[class_of[p]] if class_of[p] >= 0 else "" for p in group]
+        classes = [" / ".join(name(i) for i in sorted(classes_of[p])) for p in group]
         splits = [split_of.get(rel_of[p], "") for p in group] if split is not None else []
-        kinds = ["across classes" if len(set(classes)) > 1 else "within a class"]
+        labelled = [classes_of[p] - {-1} for p in group]
+        kinds = []
+        if any(len([c for c in labelled if index in c]) > 1 for index in set().union(*labelled)):
+            kinds.append("within a class")
+        if len({frozenset(c) for c in labelled if c}) > 1:
+            kinds.append("across classes")
         if len({s for s in splits if s}) > 1:
             kinds.append("across splits")
-        found.append({"paths": group, "sha256": hashes[group[0]], "classes": classes, "splits": splits, "kinds": kinds})
+        found.append({"paths": group, "sha256": hashes[group[0]], "classes": classes, "splits": splits,
+                      "kinds": kinds or ["unlabelled"]})
     return found
 
 
