@@ -762,3 +762,15 @@ def test_duplicates_name_each_files_classes_and_every_kind_of_a_group(tmp_path):
     assert [[os.path.basename(p) for p in g["paths"]] for g in groups] == [["a.jpg", "b.jpg", "c.jpg"]]
     assert groups[0]["classes"] == [CLASS_NAMES[0], CLASS_NAMES[0], CLASS_NAMES[1]]
     assert groups[0]["kinds"] == ["within a class", "across classes"]
+
+
+def test_inspect_names_split_rows_that_name_no_image():
+    from cars_ray.data.inspection import format_summary
+
+    report = {"layout": "folder", "root": "/d", "num_classes": 1, "num_images": 1, "num_labelled": 1, "num_with_boxes": 0,
+              "original_splits": {"none": 1}, "per_class": {"A": 1}, "per_class_stats": {"min": 1, "median": 1.0, "max": 1},
+              "image_size": None, "notes": [], "problems": [], "problem_counts": {}, "image_notes": [], "ignored": [],
+              "duplicates": [], "duplicate_counts": {"within a class": 0, "across classes": 0, "across splits": 0},
+              "split_rows_naming_no_image": ["A/nonexistent.jpg"]}
+    lines = format_summary(report).splitlines()
+    assert "split file  : 1 row(s) name no image of this dataset" in lines and "  - A/nonexistent.jpg" in lines

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.files import content_hash, duplicate_groups
+from cars_ray.data.files import content_hash, duplicate_groups, normalise_rel_path
 from cars_ray.data.images import EXIF_NOTE, ORIENTATION, box_on_upright, box_problem, frame_size, open_rgb
 from cars_ray.data.manifest import Manifest
 from cars_ray.errors import ImageError
@@ -116,6 +116,9 @@ def inspect_manifest(manifest: Manifest, split: pd.DataFrame | None = None, box_
         "image_notes": [{"path": p, "note": n} for p, n in zip(checked.path, checked.note) if n],
         "ignored": manifest.ignored,
         "duplicates": duplicates,
+        # Rows of the split file whose path is no image of this dataset: counted and named, never passed over.
+        "split_rows_naming_no_image": ([] if split is None else
+                                       sorted(set(split.path) - set(table.rel_path.map(normalise_rel_path)))),
         "duplicate_counts": {kind: sum(kind in g["kinds"] for g in duplicates)
                              for kind in ("within a class", "across classes", "across splits")},
         "num_readable": int(len(readable)),
@@ -183,6 +186,12 @@ def format_summary(report: dict, max_problems: int = 20, show_classes: int = 0) 
         lines.append(f"  - {' = '.join(where)} ({', '.join(group['kinds'])})")
     if len(duplicates) > max_problems:
         lines.append(f"  ... and {len(duplicates) - max_problems} more (all listed in inspect.json)")
+    unmatched = report.get("split_rows_naming_no_image", [])
+    if unmatched:
+        lines.append(f"split file  : {len(unmatched)} row(s) name no image of this dataset")
+        lines += [f"  - {path}" for path in unmatched[:max_problems]]
+        if len(unmatched) > max_problems:
+            lines.append(f"  ... and {len(unmatched) - max_problems} more (all listed in inspect.json)")
     problems = report["problems"]
     lines.append(f"problems    : {len(problems)} {report['problem_counts'] if problems else ''}".rstrip())
     lines += [f"  - {p['path']}: {p['reason']} [{p.get('source', '')}]" for p in problems[:max_problems]]
