@@ -66,7 +66,9 @@ def interrupted_crop(dataset: Path, output: Path, moment: str, env: dict) -> tup
     if not full_env.get("RAY_ADDRESS"):
         full_env.pop("RAY_ADDRESS", None)  # a Ray of its own, not the one ray.init noted for this process
     proc = subprocess.Popen(command, cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # a test run started in the background inherits SIGINT ignored: give the crop Python's own
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         if moment != "before-ray":  # that one interrupts itself
             sign = (output / "logs" / "native.log") if moment == "ray-starting" else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -124,11 +125,29 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage, verbose=None if verbose else 0,
                                       callbacks=[TrialLines(cfg.tune.metric, cfg.train.epochs)]),
         )
-    results, interrupted = fit_watching_ctrl_c(tuner)
+    # Tune's new output engine prints its experiment table even at verbose=0 (ray/tune/experimental/output.py,
+    # experiment_started); its legacy engine at verbose=0 prints nothing. Our TrialLines callback is the console.
+    with environment({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}):
+        results, interrupted = fit_watching_ctrl_c(tuner)
     if interrupted:
         raise Interrupted(f"the search was stopped before its end; its state is saved in {experiment_dir}: "
                           f"continue it with --resume --output-dir {output_dir}")
     return write_results(cfg, output_dir, results, manifest.class_names, table, started)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """Environment variables set for the block only (the driver's own, read by Tune when fit() starts)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def fit_watching_ctrl_c(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
