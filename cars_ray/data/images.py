@@ -168,21 +168,6 @@ def box_problem(box: tuple[float, float, float, float], width: int, height: int)
 BOX_FRAMES = ("stored", "upright")
 
 
-def exif_orientation(source: str | os.PathLike | bytes | BinaryIO) -> int:
-    """The EXIF Orientation (1-8) of an image file or bytes, read from its header only; 1 when absent or
-    unreadable (open_rgb then reports an unreadable file)."""
-    try:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else source
-        position = stream.tell() if hasattr(stream, "tell") else None
-        with Image.open(stream) as image:
-            orientation = int(image.getexif().get(0x0112, 1))
-        if position is not None:
-            stream.seek(position)
-    except Exception:  # a broken header fails open_rgb with its reason; here it only means "no rotation"
-        return 1
-    return orientation if 1 <= orientation <= 8 else 1
-
-
 def stored_to_upright(box: tuple[float, float, float, float], orientation: int, stored_width: int,
                       stored_height: int) -> tuple[float, float, float, float]:
     """A box (x1, y1, x2, y2) in stored-pixel coordinates moved onto the upright image, by the transpose

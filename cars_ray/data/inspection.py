@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 
 from cars_ray.data.blocks import dataset_from_frame
-from cars_ray.data.files import content_hash, duplicate_groups, normalise_rel_path
+from cars_ray.data.files import content_hash, duplicate_groups
 from cars_ray.data.images import EXIF_NOTE, ORIENTATION, box_on_upright, box_problem, frame_size, open_rgb
 from cars_ray.data.manifest import Manifest
+from cars_ray.data.split import unmatched_split_paths
 from cars_ray.errors import ImageError
 from cars_ray.plots import sample_grid
 
@@ -117,8 +118,7 @@ def inspect_manifest(manifest: Manifest, split: pd.DataFrame | None = None, box_
         "ignored": manifest.ignored,
         "duplicates": duplicates,
         # Rows of the split file whose path is no image of this dataset: counted and named, never passed over.
-        "split_rows_naming_no_image": ([] if split is None else
-                                       sorted(set(split.path) - set(table.rel_path.map(normalise_rel_path)))),
+        "split_rows_naming_no_image": [] if split is None else unmatched_split_paths(split, table.rel_path),
         "duplicate_counts": {kind: sum(kind in g["kinds"] for g in duplicates)
                              for kind in ("within a class", "across classes", "across splits")},
         "num_readable": int(len(readable)),

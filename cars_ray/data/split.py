@@ -152,6 +152,12 @@ def read_split_file(path: str) -> pd.DataFrame:
     return split
 
 
+def unmatched_split_paths(split: pd.DataFrame, rel_paths) -> list[str]:
+    """The paths of a read split table (normalised by :func:`read_split_file`) that name none of ``rel_paths``,
+    sorted: every reader of a split file counts and names them, never passes over them."""
+    return sorted(set(split.path) - set(rel_paths))
+
+
 def apply_split(manifest: Manifest, split: pd.DataFrame, source: str) -> pd.DataFrame:
     """The manifest's labelled rows with a ``split`` column taken from a split table."""
     table = manifest.table[manifest.table.class_index >= 0]
@@ -160,7 +166,7 @@ def apply_split(manifest: Manifest, split: pd.DataFrame, source: str) -> pd.Data
     if merged.empty:
         raise DataError(f"no image of {manifest.root} is named in split file {source} "
                         f"(paths there must be relative to {manifest.root})")
-    unmatched = sorted(set(split.path) - set(table.rel_path))
+    unmatched = unmatched_split_paths(split, table.rel_path)
     if len(unmatched) * 2 > len(split):
         raise DataError(f"{len(unmatched)} of the {len(split)} rows of split file {source} name no labelled image of "
                         f"{manifest.root}, the first {unmatched[0]} (paths there must be relative to {manifest.root})")
