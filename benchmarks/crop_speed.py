@@ -52,9 +52,10 @@ def main() -> None:
 
     from cars_ray.data.crop import crop_dataset
     from cars_ray.data.layouts import read_dataset
+    from cars_ray.runtime import start_local_ray
 
     started = time.perf_counter()
-    ray.init(address="local", include_dashboard=False)
+    start_local_ray(include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray_start = time.perf_counter() - started
     manifest = read_dataset(manifest_path)

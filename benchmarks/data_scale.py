@@ -267,7 +267,9 @@ def main() -> int:
 
     import ray
 
-    context = ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False,
+    from cars_ray.runtime import start_local_ray
+
+    context = start_local_ray(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False,
                        object_store_memory=args.object_store_mb * 1024**2 if args.object_store_mb else None)
     node = ray._private.worker._global_node
     raylet_pid, gcs_pid = node.all_processes["raylet"][0].process.pid, node.all_processes["gcs_server"][0].process.pid

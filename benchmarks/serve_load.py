@@ -78,6 +78,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from cars_ray.runtime import start_local_ray
     from serve.app import build
 
     tmp = tempfile.mkdtemp()
@@ -87,7 +88,7 @@ def main() -> None:
         write_checkpoint_for("tf_efficientnet_lite2", "linear", 224, checkpoint)
     payload = sample_jpeg()
     # replicas' logs stay in Ray's files; --kill-replica finds replicas through the state API (the dashboard)
-    ray.init(address="local", include_dashboard=args.kill_replica, dashboard_host="127.0.0.1", log_to_driver=False)
+    start_local_ray(include_dashboard=args.kill_replica, dashboard_host="127.0.0.1", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}/predict"

@@ -45,14 +45,43 @@ def init_ray(args: argparse.Namespace, log_dir: str | None = None) -> str:
         native_output_to(os.path.join(log_dir, "native.log"))
     configure_logging(verbose, log_dir)
     # "local" starts a fresh instance rather than joining whatever cluster ran here last.
-    kwargs = {"address": address} if address else {"address": "local", "num_cpus": args.num_cpus}
+    options = {"logging_level": logging.INFO, "configure_logging": False, "log_to_driver": verbose}
     try:
-        context = ray.init(logging_level=logging.INFO, configure_logging=False, log_to_driver=verbose, **kwargs)
+        context = (ray.init(address=address, **options) if address
+                   else start_local_ray(num_cpus=args.num_cpus, **options))
     except Exception as err:  # noqa: BLE001 - Ray raises bare Exception too ("The current node timed out during startup")
         raise RayStartError(ray_start_sentence(address, source, err)) from None
     quiet_ray_data(verbose)
     route_raylet_messages(verbose)
     return getattr(context, "dashboard_url", "") or ""
+
+
+def start_local_ray(**kwargs):
+    """``ray.init(address="local", **kwargs)``: a fresh local instance whose every process knows its own address.
+
+    Ray's processes find "their" cluster for the state API (``ray.util.state``) from RAY_ADDRESS, else from
+    the newest instance started on the machine (``/tmp/ray/ray_current_cluster``). Ray Train's
+    ``PlacementGroupCleaner`` asks the state API whether the run's controller is alive; with a second Ray
+    started on the same machine afterwards (a test run, another training) it asks THAT instance, finds no such
+    actor and removes the running training's placement group. So the instance is started on a chosen GCS
+    port with RAY_ADDRESS naming it in the environment its raylet, and so every worker, inherits; the
+    caller's environment is restored afterwards. Returns Ray's context; raises what ``ray.init`` raises.
+    """
+    with socket.socket() as probe:  # a free port; Ray fails clearly in the rare case it is taken meanwhile
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    host = kwargs.get("_node_ip_address") or ray.util.get_node_ip_address()  # the address Ray gives the head
+    pinned = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{host}:{port}"}
+    saved = {name: os.environ.get(name) for name in pinned}
+    os.environ.update(pinned)
+    try:
+        return ray.init(address="local", **kwargs)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

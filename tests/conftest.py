@@ -29,10 +29,12 @@ def ray_context():
     """One local Ray instance for the whole session: 2 CPUs, loopback only, always shut down."""
     import ray
 
+    from cars_ray.runtime import start_local_ray
+
     # The dashboard's state API lets Ray Train's PlacementGroupCleaner free the resources of runs whose
     # controller was stopped (Tune trials); without it they leak and later trials wait forever. Its job API
     # takes the tests' `ray job submit`s.
-    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+    context = start_local_ray(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                        dashboard_port=free_port(), _node_ip_address="127.0.0.1", log_to_driver=True,
                        configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -314,3 +314,20 @@ def test_a_ray_that_fails_while_starting_is_one_sentence(world, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: could not start a local Ray (Exception: The current node timed out during startup."), proc.stderr[-2000:]
+
+
+def test_a_local_ray_knows_its_own_address_whatever_starts_later(ray_local):
+    """Ray Train's PlacementGroupCleaner asks the state API whether the controller lives, and the state API
+    finds "its" cluster from RAY_ADDRESS, else the newest Ray on the machine: a local start pins RAY_ADDRESS
+    in its own processes (so a Ray started later cannot be mistaken for it) and leaves the caller's
+    environment as it was."""
+    import os
+
+    @ray_local.remote(num_cpus=0)
+    def address_seen_by_a_worker():
+        return os.environ.get("RAY_ADDRESS")
+
+    gcs_port = ray_local.get_runtime_context().gcs_address.rsplit(":", 1)[1]
+    seen = ray_local.get(address_seen_by_a_worker.remote())
+    assert seen == f"127.0.0.1:{gcs_port}"  # the tests' head listens on loopback
+    assert "RAY_GCS_SERVER_PORT" not in os.environ and os.environ.get("RAY_ADDRESS") != seen
