@@ -70,8 +70,10 @@ def generate(root: str, count: int, classes: int, width: int, height: int) -> st
         folder = os.path.join(root, f"class {class_index + 1:03d}")
         os.makedirs(folder, exist_ok=True)
         jobs.append((os.path.join(folder, f"{index:07d}.jpg"), class_index, classes, width, height, index))
-    with Pool(os.cpu_count()) as pool:
-        pool.map(write_image, jobs, chunksize=256)
+    pool = Pool(os.cpu_count())
+    pool.map(write_image, jobs, chunksize=256)
+    pool.close()  # not the context manager's terminate(): its SIGTERM makes Ray's fault handler (forked
+    pool.join()   # into the children with the driver) print a stack trace per child
     with open(os.path.join(root, "names.csv"), "w") as handle:
         handle.write("class_id,class_name\n" + "".join(f"{i},class {i:03d}\n" for i in range(1, classes + 1)))
     with open(marker, "w") as handle:
