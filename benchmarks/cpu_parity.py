@@ -2,7 +2,14 @@
 cars_ray, one after the other on the same machine, on split.csv of the shared Stanford Cars copy.
 
     python benchmarks/cpu_parity.py --timm-dir DIR [--data-root ../shared/data/stanford-cars]
-        [--out runs/cpu_parity] [--quick] [--order timm,cars_ray,timm]
+        [--out runs/cpu_parity] [--quick] [--order timm,cars_ray,timm] [--max-steps N]
+
+Runs: ``timm``; ``cars_ray`` (the config as it is: ``data.pipeline`` auto, which keeps this data cached, both
+CPUs to the one worker); ``streaming`` (``data.pipeline=streaming``, the worker on all CPUs but one: the decode
+tasks need a CPU the worker does not hold). ``--order cars_ray,streaming,cars_ray,streaming`` interleaves the
+two data paths so the machine's drift falls on both (issue #22: streaming's training images/s against
+cached, in the same session); ``--max-steps`` caps every epoch (``train.max_steps_per_epoch``) for a speed-only
+comparison whose test top-1 is not the recipe's.
 
 DIR holds timm's ``train.py`` and ``validate.py`` (from timm's source repository). The recipe is
 ``configs/cpu_parity.yaml`` (Lite0, 128 px, batch 32, 4 epochs, AdamW 3e-3, ...), given to timm
@@ -48,13 +55,20 @@ def quick_split(split_file: str, out: str) -> str:
     return path
 
 
-def run_cars_ray(split_file: str, images_root: str, out: str, epochs: int) -> dict:
-    """pipelines/train.py on the parity config; the wall clock is the whole command's."""
-    run_dir = os.path.join(out, "cars_ray")
+def run_cars_ray(split_file: str, images_root: str, out: str, key: str, epochs: int, streaming: bool = False,
+                 max_steps: int = 0) -> dict:
+    """pipelines/train.py on the parity config (streaming: ``data.pipeline=streaming`` with the worker on all
+    CPUs but one); the wall clock is the whole command's."""
+    run_dir = os.path.join(out, key)
     command = [sys.executable, os.path.join(REPO, "pipelines", "train.py"), "--config", os.path.join(REPO, CONFIG),
                "--output-dir", run_dir, "--overwrite", f"data.root_dir={images_root}", f"data.split_file={split_file}",
                f"train.epochs={epochs}"]
-    seconds = run_logged(command, os.path.join(out, "cars_ray.log"))
+    if streaming:
+        command += ["data.pipeline=streaming", f"train.cpus_per_worker={max(1, (os.cpu_count() or 2) - 1)}"]
+    if max_steps:
+        command += [f"train.max_steps_per_epoch={max_steps}"]
+    load_before = os.getloadavg()[0]
+    seconds = run_logged(command, os.path.join(out, f"{key}.log"))
     history = pd.read_csv(os.path.join(run_dir, "metrics.csv"))
     with open(os.path.join(run_dir, "evaluation", "metrics.json")) as handle:
         test = json.load(handle)
@@ -64,6 +78,8 @@ def run_cars_ray(split_file: str, images_root: str, out: str, epochs: int) -> di
         "best_val_top1": float(history.val_top1.max()),
         "test_top1": test["top1"], "test_top5": test["top5"], "test_images": test["num_images"],
         "train_images_per_second": round(float(history.images_per_second.mean()), 2),
+        "pipeline": "streaming" if streaming else "config (auto: cached)",
+        "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "command": command,
         "eval_view": "cars_ray's: the whole crop squashed to 128 x 128 (bicubic, crop_pct 1.0)",
     }
@@ -113,8 +129,18 @@ print(320 / (time.perf_counter() - started))
 
 def summarize(result: dict) -> None:
     """Wall-time ratio against the mean of timm's runs (timm ran before and after cars_ray), accuracy gap."""
-    timm_runs = [run for name, run in result["runs"].items() if name.startswith("timm")]
-    ours = result["runs"].get("cars_ray")
+    runs = result["runs"]
+    cached = [run for name, run in runs.items() if name.startswith("cars_ray")]
+    streamed = [run for name, run in runs.items() if name.startswith("streaming")]
+    if cached and streamed:  # issue #22: streaming against cached, means over the interleaved runs
+        def mean(values):
+            return sum(values) / len(values)
+        result["streaming_over_cached_images_per_second"] = round(
+            mean([r["train_images_per_second"] for r in streamed]) / mean([r["train_images_per_second"] for r in cached]), 3)
+        result["streaming_minus_cached_test_top1"] = round(
+            mean([r["test_top1"] for r in streamed]) - mean([r["test_top1"] for r in cached]), 4)
+    timm_runs = [run for name, run in runs.items() if name.startswith("timm")]
+    ours = runs.get("cars_ray")
     if not (timm_runs and ours):
         return
     timm_wall = sum(run["wall_seconds"] for run in timm_runs) / len(timm_runs)
@@ -131,10 +157,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_EPOCHS} epochs on {QUICK_CLASSES} classes")
     parser.add_argument("--order", default="timm,cars_ray,timm",
                         help="runs in order (default timm,cars_ray,timm: timm before and after cancels the machine's drift)")
+    parser.add_argument("--max-steps", type=int, default=0, help="cap every epoch at N steps (speed only)")
     args = parser.parse_args()
     order = args.order.split(",")
-    if set(order) - {"timm", "cars_ray"}:
-        sys.exit(f"error: --order names runs timm and cars_ray only, got {args.order}")
+    if set(order) - {"timm", "cars_ray", "streaming"}:
+        sys.exit(f"error: --order names runs timm, cars_ray and streaming only, got {args.order}")
     split_file = os.path.join(args.data_root, "split.csv")
     images_root = os.path.join(args.data_root, "cropped_train")
     if not os.path.isfile(split_file):
@@ -147,7 +174,8 @@ def main() -> None:
     if args.quick:
         split_file = quick_split(split_file, out)
     result_path = os.path.join(out, "result.json")
-    result = {"recipe": f"Lite0, 128 px, batch 32, {epochs} epochs, AdamW 3e-3" + (" (quick)" if args.quick else ""),
+    result = {"recipe": f"Lite0, 128 px, batch 32, {epochs} epochs, AdamW 3e-3" + (" (quick)" if args.quick else "")
+              + (f", at most {args.max_steps} steps per epoch (speed only)" if args.max_steps else ""),
               "split_file": split_file, "machine": f"{os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
               "order": order, "runs": {}}
     for index, name in enumerate(order):
@@ -158,7 +186,7 @@ def main() -> None:
                           128, 32, epochs, CPU_RECIPE, device="cpu", workers=os.cpu_count() or 1,
                           eval_batch_size=64).run()
         else:
-            run = run_cars_ray(split_file, images_root, out, epochs)
+            run = run_cars_ray(split_file, images_root, out, key, epochs, name == "streaming", args.max_steps)
         result["runs"][key] = {**run, "machine_speed_before": speed}
         summarize(result)
         with open(result_path, "w") as handle:  # after every run: a later failure keeps the earlier ones
@@ -166,7 +194,8 @@ def main() -> None:
     curves_png(result, os.path.join(out, "curves.png"))
     print(json.dumps({name: {k: v for k, v in run.items() if "command" not in k} for name, run in result["runs"].items()},
                      indent=2))
-    for key in ("timm_mean_wall_seconds", "wall_time_ratio", "test_top1_difference"):
+    for key in ("timm_mean_wall_seconds", "wall_time_ratio", "test_top1_difference",
+                "streaming_over_cached_images_per_second", "streaming_minus_cached_test_top1"):
         if key in result:
             print(f"{key}: {result[key]}")
 
