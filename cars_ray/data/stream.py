@@ -9,8 +9,9 @@ epoch, derived from ``(train.seed, epoch, rank, world_size)`` alone:
   paths are shuffled (no data moves) and the first batches mix the classes as the cached path's do;
 - Ray Data tasks on any CPU of the cluster (CPU-only nodes included) read each file, apply its EXIF
   orientation, crop it to its box grown by ``data.box_margin`` and resize it (:meth:`Preprocessing.decode`, the
-  decode every path shares), then draw a random resized crop to ``data.image_size`` and a flip with torchvision
-  (seeded per row from ``(seed, epoch, row_id)``, so an epoch's augmentation repeats too); the worker's device
+  decode every path shares), then draw a random resized crop to ``data.image_size`` and a flip from the cached
+  path's crop distribution (``augment.crop_boxes``; seeded per row from ``(seed, epoch, row_id)``, so an epoch's
+  augmentation repeats too); the worker's device
   then does what is cheap in batches: colour jitter, RandAugment, mixup (``TrainAugment(host_geometry=True)``);
 - the dataset keeps block order (``preserve_order``) and its object-store use is capped
   (``resource_limits.object_store_memory``), so Ray Data's backpressure holds a bounded window of decoded
@@ -68,23 +69,21 @@ def train_stream_positions(num_rows: int, seed: int, epoch: int, rank: int, worl
 
 def random_geometry(images: np.ndarray, row_ids: np.ndarray, size: int, scale_min: float, hflip: float,
                     seed: int, epoch: int) -> np.ndarray:
-    """torchvision's random resized crop (area in [scale_min, 1], ratio in [3/4, 4/3], bilinear, antialiased) to
-    ``size`` and a horizontal flip with probability ``hflip``, for uint8 (N, R, R, 3) images; the random draws of
-    each row come from ``(seed, epoch, row_id)`` alone. Returns uint8 (N, size, size, 3)."""
-    from torchvision.transforms import InterpolationMode, RandomResizedCrop
-    from torchvision.transforms.v2 import functional as TF
+    """The training random resized crop (area in [scale_min, 1], ratio in [3/4, 4/3]: the cached path's
+    :func:`~cars_ray.data.augment.crop_boxes` and :func:`~cars_ray.data.augment.resized_crops`) to ``size`` and a
+    horizontal flip with probability ``hflip``, for uint8 (N, R, R, 3) images; each row's five draws come from
+    ``(seed, epoch, row_id)`` alone, so an epoch's augmentation repeats. Returns uint8 (N, size, size, 3)."""
+    from cars_ray.data.augment import LOG_RATIO, crop_boxes, resized_crops
 
-    out = np.empty((len(images), size, size, 3), np.uint8)
-    for index, (image, row_id) in enumerate(zip(images, row_ids)):
-        torch.manual_seed(int(np.random.SeedSequence([seed, epoch, int(row_id)]).generate_state(1)[0]))
-        chw = torch.from_numpy(image).permute(2, 0, 1)
-        top, left, height, width = RandomResizedCrop.get_params(chw, [scale_min, 1.0], [3 / 4, 4 / 3])
-        chw = TF.resized_crop(chw, top, left, height, width, [size, size],
-                              interpolation=InterpolationMode.BILINEAR, antialias=True)
-        if float(torch.rand(())) < hflip:
-            chw = TF.horizontal_flip(chw)
-        out[index] = chw.permute(1, 2, 0).numpy()
-    return out
+    if not len(images):
+        return np.zeros((0, size, size, 3), np.uint8)
+    draws = torch.from_numpy(np.stack([np.random.default_rng([seed, epoch, int(row_id)]).random(5)
+                                       for row_id in row_ids]).astype(np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    boxes = crop_boxes(*draws[:, :4].unbind(1), x.shape[2], x.shape[3], (scale_min, 1.0), LOG_RATIO)
+    x = resized_crops(x, boxes, size)
+    x = torch.where((draws[:, 4] < hflip).view(-1, 1, 1, 1), x.flip(-1), x)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def stream_batch(batch: pd.DataFrame, preprocessing: Preprocessing, geometry: dict | None) -> dict[str, np.ndarray]:
