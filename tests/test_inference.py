@@ -189,3 +189,9 @@ def test_build_resolves_the_checkpoint_and_refuses_a_missing_one(checkpoint, tmp
     with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'gone'} does not exist"):
         build({"checkpoint": str(tmp_path / "gone")})
     assert isinstance(build({"checkpoint": str(checkpoint), "max_batch_size": "4"}), serve.Application)
+    # `serve run serve.app:build key=value` and a serve config's args: Ray Serve validates them against ServeArgs
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary as serve_builds
+
+    assert isinstance(serve_builds(build, {"checkpoint": str(checkpoint), "batching": "false"}), serve.Application)
+    with pytest.raises(ValueError, match="^serve.app:build argument max_batch_size='many': Input should be a valid integer"):
+        serve_builds(build, {"checkpoint": str(checkpoint), "max_batch_size": "many"})
