@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers.data import CLASS_NAMES, write_tiny_checkpoint
+from helpers.entry_points import call_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,8 @@ def test_a_cpu_checkpoint_runs_its_cached_onnx_export_and_parses_its_metadata_on
     meta_parses.clear()
     from_file = LoadedModel.open(str(exported))
     assert meta_parses == [str(exported)] and from_file.source == "onnx"
-    assert (from_file.class_names, from_file.preprocessing, from_file.meta.model) == \
-        (torch_model.class_names, torch_model.preprocessing, torch_model.meta.model)
+    assert (from_file.class_names, from_file.preprocessing, from_file.meta.model, from_file.inference) == \
+        (torch_model.class_names, torch_model.preprocessing, torch_model.meta.model, torch_model.inference)
     np.testing.assert_allclose(from_file.probs(images(model.preprocessing.resize)), onnx_probs, atol=1e-6)
 
 
@@ -195,3 +196,19 @@ def test_build_resolves_the_checkpoint_and_refuses_a_missing_one(checkpoint, tmp
     assert isinstance(serve_builds(build, {"checkpoint": str(checkpoint), "batching": "false"}), serve.Application)
     with pytest.raises(ValueError, match="^serve.app:build argument max_batch_size='many': Input should be a valid integer"):
         serve_builds(build, {"checkpoint": str(checkpoint), "max_batch_size": "many"})
+
+
+def test_evaluate_and_predict_read_the_checkpoint_metadata_once(ray_local, checkpoint, folder_dataset, tmp_path,
+                                                                meta_parses):
+    """Each command parses meta.json once, on the driver; the scoring (here in the driver: a small CPU job)
+    reuses it."""
+    code, out, err = call_pipeline("evaluate.py", "--checkpoint", str(checkpoint), "--root-dir", str(folder_dataset),
+                                   "--output-dir", str(tmp_path / "eval"))
+    assert code == 0, out + err[-3000:]
+    assert meta_parses == [str(checkpoint / "meta.json")]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_images"] == 24
+    meta_parses.clear()
+    code, out, err = call_pipeline("predict.py", "--checkpoint", str(checkpoint), "--input", str(folder_dataset),
+                                   "--output", str(tmp_path / "preds.csv"))
+    assert code == 0, out + err[-3000:]
+    assert meta_parses == [str(checkpoint / "meta.json")] and "24 images, 0 unreadable" in out

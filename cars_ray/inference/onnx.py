@@ -31,6 +31,7 @@ ONNX_SUFFIX = ".onnx"
 OPSET = 17
 INPUT_NAME = "images"  # uint8 (batch, resize, resize, 3)
 META_KEYS = ("class_names", "preprocessing", "model")  # the checkpoint's metadata, one JSON value per key
+OPTIONAL_META_KEYS = ("inference",)  # absent from files older cars_ray versions wrote
 INT8_KEY = "quantization"  # present in files cars_ray.export.quantize_int8 wrote
 PARITY_TOLERANCE = 1e-3  # max |logit difference| between PyTorch and ONNX Runtime, fp32
 CACHE_ENV = "CARS_RAY_CACHE_DIR"  # where exports of read-only checkpoints go (default ~/.cache/cars_ray)
@@ -63,7 +64,7 @@ def export_onnx(model: torch.nn.Module, meta: CheckpointMeta, out_path: str, sou
     size = meta.preprocessing.resize
     dummy = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
     values = meta.to_dict()
-    metadata = {key: json.dumps(values[key]) for key in META_KEYS}
+    metadata = {key: json.dumps(values[key]) for key in META_KEYS + OPTIONAL_META_KEYS}
     metadata["source_checkpoint"] = os.path.abspath(source_checkpoint)
 
     def write(tmp: str) -> None:
@@ -119,7 +120,7 @@ def read_onnx_meta(props: dict[str, str], path: str) -> CheckpointMeta:
     if missing:
         raise CheckpointError(f"{path} lacks cars_ray metadata ({', '.join(missing)}); export it with pipelines/export.py")
     try:
-        raw = {key: json.loads(props[key]) for key in META_KEYS}
+        raw = {key: json.loads(props[key]) for key in META_KEYS + OPTIONAL_META_KEYS if key in props}
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: its cars_ray metadata is not readable JSON ({err})") from None
     return CheckpointMeta.from_dict(raw, path)
