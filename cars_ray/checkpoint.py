@@ -7,8 +7,10 @@ Layout of a checkpoint directory (what ``--checkpoint`` accepts everywhere):
 - ``train_state.pt`` (full training checkpoints only): model, optimizer, scheduler, scaler, EMA
   and run state, everything a restarted worker or ``--resume`` continues from.
 
-Inference (evaluate, predict, export, Serve) imports this module and ``cars_ray.models``, never
-the training package.
+``make_meta`` is the one writer of meta.json's fields (the training loop, the benchmarks' and the tests'
+checkpoints); ``read_meta`` reads them back as a checked, typed :class:`CheckpointMeta`. Inference
+(``cars_ray.inference``: evaluate, predict, export, Serve) imports this module and ``cars_ray.models``,
+never the training package.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cars_ray.errors import ImageError
 from cars_ray.config import BackendName
+from cars_ray.errors import ImageError
 from cars_ray.preprocessing import Preprocessing
 
 DEFAULT_GPU_SHARE = 0.25  # a quarter of a GPU per replica: up to four replicas autoscale on one GPU
