@@ -4,7 +4,7 @@
                                        [--iterations 100] [--batch 1] [--threads N] [--int8 model.int8.onnx]
 
 Builds a checkpoint from the offline ImageNet backbone with a fresh 196-class head (speed does not
-depend on training), exports it with cars_ray.export, and times inference of a batch of --batch
+depend on training), exports it with cars_ray.inference.onnx, and times inference of a batch of --batch
 images after a warm-up, with --threads threads for PyTorch and ONNX Runtime (default: every core).
 --int8 also times an int8 file made by `pipelines/export.py --int8` (of any checkpoint of the same
 backbone and size). Prints one JSON line: median and p95 milliseconds per batch, images/s, speed-up.
