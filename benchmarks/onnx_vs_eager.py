@@ -4,7 +4,7 @@
                                        [--iterations 100] [--batch 1] [--threads N] [--int8 model.int8.onnx]
 
 Builds a checkpoint from the offline ImageNet backbone with a fresh 196-class head (speed does not
-depend on training), exports it with cars_ray.export, and times inference of a batch of --batch
+depend on training), exports it with cars_ray.inference.onnx, and times inference of a batch of --batch
 images after a warm-up, with --threads threads for PyTorch and ONNX Runtime (default: every core).
 --int8 also times an int8 file made by `pipelines/export.py --int8` (of any checkpoint of the same
 backbone and size). Prints one JSON line: median and p95 milliseconds per batch, images/s, speed-up.
@@ -48,16 +48,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from cars_ray.checkpoint import load_model, preprocessing_of
-    from cars_ray.export import OnnxClassifier, ViewedClassifier, export_onnx
+    from cars_ray.checkpoint import load_model
+    from cars_ray.inference.onnx import OnnxSession, ViewedClassifier, export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = os.path.join(tmp, "ckpt")
         write_checkpoint_for(args.backbone, args.head, args.size, checkpoint)
         onnx_path = os.path.join(tmp, "model.onnx")
-        export_onnx(checkpoint, onnx_path)
+        export_onnx(*load_model(checkpoint), onnx_path, checkpoint)  # (export leaves its copy in contiguous format)
         model, meta = load_model(checkpoint)
-        viewed = ViewedClassifier(model, preprocessing_of(meta)).eval()
+        viewed = ViewedClassifier(model, meta.preprocessing).eval()
         image = np.random.default_rng(0).integers(0, 255, (args.batch, args.size, args.size, 3), dtype=np.uint8)
         tensor = torch.from_numpy(image)
 
@@ -65,10 +65,10 @@ def main() -> None:
             with torch.inference_mode():
                 viewed(tensor)
 
-        onnx_model = OnnxClassifier(onnx_path, args.threads)
+        onnx_model = OnnxSession(onnx_path, args.threads)
         times = {"eager": timed(eager, args.iterations), "onnx": timed(lambda: onnx_model.logits(image), args.iterations)}
         if args.int8:
-            int8_model = OnnxClassifier(args.int8, args.threads)
+            int8_model = OnnxSession(args.int8, args.threads)
             times["int8"] = timed(lambda: int8_model.logits(image), args.iterations)
     result = {"backbone": args.backbone, "head": args.head, "size": args.size, "batch": args.batch,
               "threads": torch.get_num_threads()}

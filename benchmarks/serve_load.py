@@ -78,6 +78,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from cars_ray.inference.onnx import is_onnx_file
     from cars_ray.runtime import start_local_ray
     from serve.app import build
 
@@ -107,7 +108,7 @@ def main() -> None:
                 for batching in (["on", "off"] if args.batching == "both" else [args.batching])]
     for backend, batching in settings:
         model = checkpoint
-        if backend == "onnx-int8" and not checkpoint.endswith(".onnx"):
+        if backend == "onnx-int8" and not is_onnx_file(checkpoint):
             model = int8_model(checkpoint, os.path.join(tmp, "model.int8.onnx"))
         serve.run(build({"checkpoint": model, "backend": backend, "batching": str(batching == "on").lower(),
                          "num_cpus": args.num_cpus, "max_batch_size": args.max_batch_size,

@@ -7,19 +7,23 @@ Layout of a checkpoint directory (what ``--checkpoint`` accepts everywhere):
 - ``train_state.pt`` (full training checkpoints only): model, optimizer, scheduler, scaler, EMA
   and run state, everything a restarted worker or ``--resume`` continues from.
 
-Inference (evaluate, predict, export, Serve) imports this module and ``cars_ray.models``, never
-the training package.
+``make_meta`` is the one writer of meta.json's fields (the training loop, the benchmarks' and the tests'
+checkpoints); ``read_meta`` reads them back as a checked, typed :class:`CheckpointMeta`. Inference
+(``cars_ray.inference``: evaluate, predict, export, Serve) imports this module and ``cars_ray.models``,
+never the training package.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cars_ray.config import ModelConfig
+from cars_ray.config import Config, ModelConfig, TrainConfig
 from cars_ray.errors import CheckpointError
 from cars_ray.preprocessing import Preprocessing
 
@@ -29,21 +33,105 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 STATE_FILE = "train_state.pt"
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # "off": no autocast
+INFERENCE_AMP = ("bf16", "fp16", "off")
 
 
-def write_checkpoint(directory: str, model_state: dict, meta: dict[str, Any],
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a checkpoint runs: ``amp`` is the autocast dtype on a GPU (the one it trained with; bf16 when it
+    trained with ``auto``), ``channels_last`` the memory format it trained in."""
+
+    amp: str = "bf16"
+    channels_last: bool = True
+
+    @classmethod
+    def of_training(cls, train: TrainConfig) -> "InferenceSettings":
+        return cls(amp=train.amp if train.amp in ("fp16", "off") else "bf16", channels_last=train.channels_last)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype on ``device``: the training's AMP dtype on CUDA, None (fp32) elsewhere, where
+        autocast slows convolutions down."""
+        return AMP_DTYPES.get(self.amp) if device.type == "cuda" else None
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """A checkpoint's ``meta.json`` (or an exported ONNX file's metadata), parsed and checked once.
+
+    ``class_names[k]`` is class index k (class id k + 1); ``config`` is the resolved training config as a
+    dict (None in an ONNX file); ``metrics`` the epoch's reported metrics."""
+
+    class_names: list[str]
+    preprocessing: Preprocessing
+    model: ModelConfig
+    inference: InferenceSettings = InferenceSettings()
+    ema: bool = False
+    epoch: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """``backbone + head head``, as /health and the page show the model."""
+        return f"{self.model.backbone} + {self.model.head} head"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form :func:`write_checkpoint` stores and :meth:`from_dict` reads back."""
+        return {"class_names": list(self.class_names), "preprocessing": self.preprocessing.to_dict(),
+                "model": dataclasses.asdict(self.model), "inference": dataclasses.asdict(self.inference),
+                "config": self.config, "epoch": self.epoch, "metrics": self.metrics, "ema": self.ema}
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> "CheckpointMeta":
+        """Check and type what :meth:`to_dict` wrote; raises CheckpointError in one sentence naming ``source``
+        and the field. Fields older writers lacked (``inference``, ``ema``) get the values those runs had."""
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{source} must hold a JSON object")
+        for key in ("class_names", "preprocessing", "model"):
+            if key not in raw:
+                raise CheckpointError(f"{source} lacks the field {key!r}")
+        names = raw["class_names"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{source}: class_names must be a non-empty list of names")
+        try:
+            model = ModelConfig(**raw["model"])
+        except TypeError as err:
+            raise CheckpointError(f"{source}: model is not a cars_ray model config ({err})") from None
+        inference = raw.get("inference") or {}
+        try:
+            settings = InferenceSettings(**inference)
+        except TypeError as err:
+            raise CheckpointError(f"{source}: inference is not a cars_ray inference setting ({err})") from None
+        if settings.amp not in INFERENCE_AMP or not isinstance(settings.channels_last, bool):
+            raise CheckpointError(f"{source}: inference must have amp one of {', '.join(INFERENCE_AMP)} and "
+                                  f"channels_last true or false, got {inference!r}")
+        return cls(class_names=names, preprocessing=Preprocessing.from_dict(raw["preprocessing"], source), model=model,
+                   inference=settings, ema=bool(raw.get("ema", False)), epoch=raw.get("epoch"),
+                   metrics=raw.get("metrics") or {}, config=raw.get("config"))
+
+
+def make_meta(config: Config, class_names: list[str], preprocessing: Preprocessing, *, ema: bool = False,
+              epoch: int | None = None, metrics: dict[str, Any] | None = None) -> CheckpointMeta:
+    """The metadata of a checkpoint trained with ``config``: the one writer of meta.json's fields (the
+    training loop, the benchmarks' and the tests' checkpoints)."""
+    return CheckpointMeta(class_names=list(class_names), preprocessing=preprocessing, model=config.model,
+                          inference=InferenceSettings.of_training(config.train), ema=ema, epoch=epoch,
+                          metrics=dict(metrics or {}), config=config.to_dict())
+
+
+def write_checkpoint(directory: str, model_state: dict, meta: CheckpointMeta,
                      train_state: dict | None = None) -> None:
     os.makedirs(directory, exist_ok=True)
     torch.save(model_state, os.path.join(directory, MODEL_FILE))
     with open(os.path.join(directory, META_FILE), "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=2)
+        json.dump(meta.to_dict(), handle, indent=2)
     if train_state is not None:
         torch.save(train_state, os.path.join(directory, STATE_FILE))
 
 
-def read_meta(directory: str) -> dict[str, Any]:
-    """The checkpoint's meta.json, checked: fails in one sentence naming the file and field."""
+def read_meta(directory: str) -> CheckpointMeta:
+    """The checkpoint's meta.json, checked: fails in one sentence naming the file and field (CheckpointError)."""
     path = os.path.join(directory, META_FILE)
     if not os.path.isdir(directory):
         raise CheckpointError(f"checkpoint {directory} is not a directory (expected one holding {MODEL_FILE} and {META_FILE})")
@@ -53,33 +141,10 @@ def read_meta(directory: str) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {directory} has no {MODEL_FILE}")
     try:
         with open(path, encoding="utf-8") as handle:
-            meta = json.load(handle)
+            raw = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} is not readable JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    for key in ("class_names", "preprocessing", "model"):
-        if key not in meta:
-            raise CheckpointError(f"{path} lacks the field {key!r}")
-    if not isinstance(meta["class_names"], list) or not meta["class_names"]:
-        raise CheckpointError(f"{path}: class_names must be a non-empty list")
-    Preprocessing.from_dict(meta["preprocessing"], path)
-    return meta
-
-
-def preprocessing_of(meta: dict[str, Any], source: str = "the checkpoint") -> Preprocessing:
-    return Preprocessing.from_dict(meta["preprocessing"], source)
-
-
-def inference_settings(meta: dict[str, Any], device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype, channels_last) for running a checkpoint on ``device``: the training run's AMP
-    dtype on CUDA (bf16 unless it trained in fp16 or without AMP), fp32 on CPU, where autocast
-    slows convolutions down; channels_last as trained."""
-    settings = meta.get("inference", {})
-    channels_last = bool(settings.get("channels_last", True))
-    if device.type != "cuda":
-        return None, channels_last
-    return AMP_DTYPES.get(settings.get("amp", "bf16")), channels_last
+    return CheckpointMeta.from_dict(raw, path)
 
 
 def read_train_state(directory: str) -> dict | None:
@@ -87,16 +152,14 @@ def read_train_state(directory: str) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=False) if os.path.isfile(path) else None
 
 
-def load_model(directory: str, device: str | torch.device = "cpu") -> tuple[CarClassifier, dict[str, Any]]:
-    """The model of a checkpoint, in eval mode on ``device`` (channels_last when it trained so), and its meta."""
-    meta = read_meta(directory)
-    try:
-        model_cfg = ModelConfig(**meta["model"])
-    except TypeError as err:
-        raise CheckpointError(f"{os.path.join(directory, META_FILE)}: model is not a cars_ray model config ({err})") from None
+def load_model(directory: str, device: str | torch.device = "cpu",
+               meta: CheckpointMeta | None = None) -> tuple[CarClassifier, CheckpointMeta]:
+    """The model of a checkpoint, in eval mode on ``device`` (channels_last when it trained so), and its meta
+    (``meta``: the one the caller already read, so meta.json is parsed once per load). Raises CheckpointError."""
+    meta = meta or read_meta(directory)
     from cars_ray.models import create_model  # timm loads in seconds: only where a model is built
 
-    model = create_model(model_cfg, len(meta["class_names"]), pretrained=False)
+    model = create_model(meta.model, len(meta.class_names), pretrained=False)
     path = os.path.join(directory, MODEL_FILE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -108,22 +171,20 @@ def load_model(directory: str, device: str | torch.device = "cpu") -> tuple[CarC
         lines = str(err).splitlines()
         raise CheckpointError(f"{path} does not fit the model its {META_FILE} describes: "
                               f"{lines[1].strip() if len(lines) > 1 else err}") from None
-    device = torch.device(device)
-    _, channels_last = inference_settings(meta, device)
-    model = model.to(device).eval()
-    return (model.to(memory_format=torch.channels_last) if channels_last else model), meta
+    model = model.to(torch.device(device)).eval()
+    return (model.to(memory_format=torch.channels_last) if meta.inference.channels_last else model), meta
 
 
-def check_checkpoint(directory: str) -> dict[str, Any]:
+def check_checkpoint(directory: str) -> CheckpointMeta:
     """Open a user-given checkpoint on the driver before Ray starts, as the workers will (meta.json checked,
     model.pt loaded into the model it describes, on the CPU), so a bad one fails here in one sentence
     (CheckpointError) rather than in a Ray worker. Returns its meta."""
     return load_model(directory, "cpu")[1]
 
 
-def check_classes(meta: dict[str, Any], class_names: list[str], source: str) -> None:
-    """Fail when a checkpoint's classes are not those of the data it is applied to."""
-    theirs = meta["class_names"]
+def check_classes(meta: CheckpointMeta, class_names: list[str], source: str) -> None:
+    """Fail when a checkpoint's classes are not those of the data it is applied to (CheckpointError)."""
+    theirs = meta.class_names
     if len(theirs) != len(class_names):
         raise CheckpointError(f"the checkpoint has {len(theirs)} classes but {source} has {len(class_names)}")
     differ = [i for i, (a, b) in enumerate(zip(theirs, class_names)) if a != b]

@@ -13,13 +13,24 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from cars_ray.errors import ConfigError
 
 DEMO_ROOT = "demo"  # data.root_dir value that means the sample shipped in the package
+
+# Choice lists, one home each (no torch here): CHOICES checks a config against them, and the modules that act on
+# a choice (augment, preprocessing, images, heads, sizing, inference) import them from here.
+AUGMENT_LEVELS = ("none", "light", "standard", "strong")
+RESIZE_MODES = ("squash", "shorter")  # squash: the whole crop to a square; shorter: short side, centre square
+# stored: box pixels as the file stores them (before EXIF orientation; Stanford Cars'); upright: as shown
+BOX_FRAMES = ("stored", "upright")
+DATA_PIPELINES = ("auto", "cached", "streaming")
+HEAD_NAMES = ("linear", "bilinear_attention")
+BackendName = Literal["auto", "torch", "onnx", "onnx-int8"]  # what runs a model (Serve's backend=, inference)
+BACKENDS: tuple[str, ...] = typing.get_args(BackendName)
 
 
 @dataclass
@@ -259,12 +270,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 
 CHOICES = {
-    "data.augment": ("none", "light", "standard", "strong"),
-    "data.resize_mode": ("squash", "shorter"),
-    "data.box_frame": ("stored", "upright"),
+    "data.augment": AUGMENT_LEVELS,
+    "data.resize_mode": RESIZE_MODES,
+    "data.box_frame": BOX_FRAMES,
     "data.cache_on_device": ("auto", "true", "false"),
-    "data.pipeline": ("auto", "cached", "streaming"),
-    "model.head": ("linear", "bilinear_attention"),
+    "data.pipeline": DATA_PIPELINES,
+    "model.head": HEAD_NAMES,
     "optim.schedule": ("cosine", "plateau", "none"),
     "train.use_gpu": ("auto", "true", "false"),
     "train.amp": ("auto", "bf16", "fp16", "off"),

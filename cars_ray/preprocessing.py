@@ -22,12 +22,11 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from cars_ray.config import Config
-from cars_ray.data.images import BOX_FRAMES, ORIENTATION, box_on_upright, open_rgb
+from cars_ray.config import BOX_FRAMES, RESIZE_MODES, Config
+from cars_ray.data.images import ORIENTATION, box_on_upright, open_rgb
 from cars_ray.errors import CheckpointError, ImageError
 
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-RESIZE_MODES = ("squash", "shorter")  # squash: the whole crop to a square; shorter: short side, centre square
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from cars_ray.preprocessing import Preprocessing
+if TYPE_CHECKING:  # for the annotation only: preprocessing imports this module (Preprocessing.eval_view)
+    from cars_ray.preprocessing import Preprocessing
 
 
 class EvalView(nn.Module):

@@ -19,7 +19,7 @@ import time
 
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
 from cars_ray.data.crop import CROP_OUTPUTS, crop_dataset
-from cars_ray.data.images import BOX_FRAMES
+from cars_ray.config import BOX_FRAMES
 from cars_ray.data.inspection import samples_figure
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.errors import DataError

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     add_ray_arguments(parser)
     args = parser.parse_args(argv)
 
-    meta = check_checkpoint(args.checkpoint)  # meta.json and model.pt, here rather than in a Ray actor
+    # meta.json (read once, for the whole command) and model.pt, here rather than in a Ray actor
+    meta = check_checkpoint(args.checkpoint)
     manifest = read_dataset(args.root_dir, args.layout)
     check_classes(meta, manifest.class_names, args.root_dir)
     if args.split_file:
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     check_shared_input(rows.path.iloc[0], "the image")  # decoded by Ray Data tasks on any node
     with progress_console() as board:
         metrics = evaluate_checkpoint(args.checkpoint, rows, manifest.class_names, output_dir,
-                                      EvaluationOptions(tta=args.tta, title=title, source=args.root_dir, progress=board))
+                                      EvaluationOptions(tta=args.tta, title=title, source=args.root_dir, progress=board),
+                                      meta)
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "precision_macro", "recall_macro", "f1_macro",
                                                  "balanced_accuracy", "num_images")}, indent=2))
     if metrics["not_scored"]:

@@ -29,14 +29,15 @@ import tempfile
 
 import numpy as np
 
-from cars_ray.checkpoint import check_classes, preprocessing_of, read_meta
+from cars_ray.checkpoint import CheckpointMeta, check_classes, read_meta
 from cars_ray.cli import EXIT_FAILED, EXIT_OK, check_number, make_parser, run_main
 from cars_ray.data.layouts import read_dataset, resolve_root
 from cars_ray.data.loading import decode_batch
 from cars_ray.data.split import SPLITS, apply_split, read_split_file
 from cars_ray.errors import DataError
 from cars_ray.evaluate.batch_predict import expand_inputs
-from cars_ray.export import PARITY_TOLERANCE, compare_int8, export_checked, parity_images, quantize_int8
+from cars_ray.export import compare_int8, quantize_int8
+from cars_ray.inference.onnx import PARITY_TOLERANCE, export_checked, parity_images
 from cars_ray.outputs import check_earlier_output, check_output_path
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.runtime import WarningCount, configure_logging
@@ -70,8 +71,7 @@ def main(argv=None) -> int:
     if args.int8 and not (args.calibration_dir or args.root_dir):
         parser.error("--int8 needs --calibration-dir (a folder of images) or --root-dir/--split-file (their train rows)")
 
-    meta = read_meta(args.checkpoint)
-    preprocessing = preprocessing_of(meta, args.checkpoint)
+    meta = read_meta(args.checkpoint)  # once for the whole command
     labelled = labelled_table(args.root_dir, args.split_file, meta) if args.root_dir else None
     inputs = [args.checkpoint, *(args.images or []), args.calibration_dir and resolve_root(args.calibration_dir),
               args.root_dir and resolve_root(args.root_dir), args.split_file]
@@ -83,18 +83,19 @@ def main(argv=None) -> int:
     library_warnings = WarningCount()
     logging.getLogger().addHandler(library_warnings)
     try:
-        return export_and_check(args, out, preprocessing, labelled, library_warnings)
+        return export_and_check(args, out, meta, labelled, library_warnings)
     finally:
         logging.getLogger().removeHandler(library_warnings)
 
 
-def export_and_check(args, out: str, preprocessing: Preprocessing, labelled, library_warnings: WarningCount) -> int:
+def export_and_check(args, out: str, meta: CheckpointMeta, labelled, library_warnings: WarningCount) -> int:
     """Export, check and (with --int8) quantise into a temporary folder beside ``out``; rename onto ``out``
     only when every check holds. Returns the exit code."""
-    images = parity_images(preprocessing, args.images, args.num_images)
+    preprocessing = meta.preprocessing
+    images = parity_images(preprocessing, expand_inputs(args.images) if args.images else None, args.num_images)
     with tempfile.TemporaryDirectory(dir=os.path.dirname(out), prefix=".export-") as work:
         fp32 = os.path.join(work, "fp32.onnx")  # becomes --out (or its int8 form) only once every check holds
-        report = export_checked(args.checkpoint, fp32, images, args.tolerance)
+        report = export_checked(args.checkpoint, fp32, images, args.tolerance, meta)
         print(f"exported {report.onnx_bytes / 1e6:.1f} MB of fp32 ONNX; on {report.num_images} images: "
               f"max |logit difference| {report.max_abs_logit_diff:.2e} (limit {args.tolerance:g}), "
               f"top-1 agreement {report.top1_agreement:.3f}")
@@ -146,7 +147,7 @@ def points_changed(drop: float) -> str:
     return f"{drop:.2f} points lost" if drop >= 0 else f"{-drop:.2f} points gained"
 
 
-def labelled_table(root_dir: str, split_file: str, meta: dict):
+def labelled_table(root_dir: str, split_file: str, meta: CheckpointMeta):
     """The rows of ``root_dir`` with their ``split`` from ``split_file``, read before any work starts.
 
     The checkpoint's classes must be the dataset's (``check_classes``, as evaluate.py checks them):

@@ -17,7 +17,7 @@ import sys
 
 from cars_ray.cli import EXIT_FAILED, EXIT_OK, make_parser, run_main
 from cars_ray.data.inspection import format_summary, inspect_manifest, samples_figure, unusable_reasons
-from cars_ray.data.images import BOX_FRAMES
+from cars_ray.config import BOX_FRAMES
 from cars_ray.data.layouts import LAYOUTS, read_dataset
 from cars_ray.data.split import read_split_file
 from cars_ray.outputs import check_earlier_folder, check_output_path, start_output, write_figure, write_json

@@ -16,9 +16,8 @@ import os
 import sys
 
 from cars_ray.cli import EXIT_OK, make_parser, run_main
-from cars_ray.checkpoint import check_checkpoint
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files
-from cars_ray.evaluate.predictor import backend_info
+from cars_ray.inference.model import check_model
 from cars_ray.data.layouts import resolve_root
 from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
 from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
@@ -48,9 +47,7 @@ def main(argv=None) -> int:
     add_ray_arguments(parser)
     args = parser.parse_args(literal_input_paths(sys.argv[1:] if argv is None else list(argv)))
 
-    backend_info(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
-    if not args.checkpoint.endswith(".onnx"):
-        check_checkpoint(args.checkpoint)  # model.pt too, here rather than in a Ray actor
+    meta = check_model(args.checkpoint)  # an unusable checkpoint or .onnx file fails here, in one sentence
     paths = expand_inputs(args.input)
     # The CSV may go beside the images; it must not replace one of them or a checkpoint file.
     reads = paths + ([os.path.join(args.checkpoint, name) for name in os.listdir(args.checkpoint)]
@@ -61,7 +58,7 @@ def main(argv=None) -> int:
                          "the folder of --output", can_resume=False)
     check_ray_arguments(args)
     init_ray(args)
-    predictions = predict_files(args.checkpoint, paths, args.topk, args.tta)  # None: min(5, classes)
+    predictions = predict_files(args.checkpoint, paths, args.topk, args.tta, meta)  # topk None: min(5, classes)
     write_csv(output, predictions)
     failed = int((predictions.error != "").sum())
     print(f"wrote {args.output}: {len(predictions)} images, {failed} unreadable")

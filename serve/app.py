@@ -24,17 +24,16 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cars_ray.config import BackendName
 from cars_ray.errors import ImageError
 from cars_ray.preprocessing import Preprocessing
 
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_MAX_FILES = 8  # 'file' parts answered in one request; more get a 413 naming the count
+DEFAULT_GPU_SHARE = 0.25  # a quarter of a GPU per replica: up to four replicas autoscale on one GPU
 ROUTES = "POST /predict, GET /health, GET /classes, GET / (the page), GET /docs"
 IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -67,36 +66,90 @@ class ErrorBody(BaseModel):
     error: str
 
 
+class ServeArgs(BaseModel):
+    """The arguments of ``serve.app:build`` (``serve run serve.app:build checkpoint=PATH key=value ...`` or a
+    serve config's ``args:``), typed: Ray Serve validates them against this model before calling the builder,
+    and each setting has its one default here. Replica settings in a serve config's ``deployments:`` override
+    the replica ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="a checkpoint directory or an exported .onnx file")
+    backend: BackendName = Field("auto", description="auto runs PyTorch on a GPU replica, ONNX Runtime on a CPU one")
+    batching: bool = Field(True, description="group concurrent requests into one forward pass (@serve.batch)")
+    max_batch_size: int = Field(16, ge=1, description="images per forward pass, at most")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="seconds a batch waits to fill")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest request body; larger gets a 413")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image; larger gets a 413")
+    max_files: int = Field(8, ge=1, description="'file' parts answered in one request; more get a 413 naming the count")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4, gt=0)
+    upscale_delay_s: float = Field(3, ge=0)
+    downscale_delay_s: float = Field(15, ge=0)
+    num_cpus: float = Field(1, gt=0, description="per replica; also ONNX Runtime's thread count")
+    num_gpus: float | None = Field(None, ge=0, description=f"per replica; unset: {DEFAULT_GPU_SHARE} where the cluster has GPUs "
+                                                           "and the replica runs PyTorch, else 0")
+    health_check_period_s: float = Field(10, gt=0, description="how soon a dead replica is noticed and replaced")
+    access_log: bool = Field(True, description="Serve's line per request (costs CPU at high request rates)")
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> "ServeArgs":
+        """Pydantic's validation, its first problem as one sentence (ValueError) naming the argument."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as err:
+            problems = err.errors()
+            first = problems[0]
+            name = ".".join(str(part) for part in first["loc"])
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            if first["type"] == "missing" and name == "checkpoint":
+                message = "serve.app:build needs checkpoint=PATH (a checkpoint directory or an .onnx file)"
+            elif first["type"] == "extra_forbidden":
+                message = f"serve.app:build has no argument {name!r}; the arguments are {', '.join(cls.model_fields)}"
+            else:
+                message = f"serve.app:build argument {name}={first.get('input')!r}: {first['msg']}"
+            raise ValueError(message + more) from None
+
+
+def _default(name: str) -> Any:
+    return ServeArgs.model_fields[name].default
+
+
+def replica_cpus() -> float:
+    """The CPUs Ray gave this replica (a serve config's ``deployments:`` may override the builder's)."""
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+
+
 @serve.deployment(name="Classifier", max_ongoing_requests=32)
 class Classifier:
     """A model replica; concurrent requests are grouped into one forward pass by ``@serve.batch``."""
 
-    def __init__(self, model_path: str, batching: bool = True, max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.01, backend: str = "auto"):
-        import ray
-
-        from cars_ray.evaluate.predictor import load_backend
+    def __init__(self, args: ServeArgs):
+        from cars_ray.inference.model import LoadedModel
 
         # ONNX Runtime gets as many threads as the replica has CPUs, so replicas sharing a machine do not
         # oversubscribe its cores; a checkpoint on a CPU replica runs its cached, parity-checked ONNX export.
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        self.backend = load_backend(model_path, backend=backend, num_threads=max(1, round(cpus)))
-        self.batching = batching
-        self.predict_batched.set_max_batch_size(max_batch_size)
-        self.predict_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.model = LoadedModel.open(args.checkpoint, args.backend, num_threads=max(1, round(replica_cpus())))
+        self.batching = args.batching
+        # The decorator holds the defaults (the same values); the replica's own arguments take effect here.
+        self.predict_batched.set_max_batch_size(args.max_batch_size)
+        self.predict_batched.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
     def info(self) -> dict[str, Any]:
-        return {"model": self.backend.name, "backend": self.backend.kind, "class_names": self.backend.class_names,
-                "preprocessing": self.backend.preprocessing.to_dict()}
+        return {"model": self.model.name, "backend": self.model.kind, "class_names": self.model.class_names,
+                "preprocessing": self.model.preprocessing.to_dict()}
 
     async def predict(self, image: np.ndarray) -> np.ndarray:
         if self.batching:
             return await self.predict_batched(image)
-        return self.backend.probs(image[None])[0]
+        return self.model.probs(image[None])[0]
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=_default("max_batch_size"), batch_wait_timeout_s=_default("batch_wait_timeout_s"))
     async def predict_batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.backend.probs(np.stack(images)))
+        return list(self.model.probs(np.stack(images)))
 
 
 api = FastAPI(title="cars_ray classifier", description="Fine-grained car model recognition (Stanford Cars classes).")
@@ -177,8 +230,7 @@ def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, by
 @serve.deployment(name="CarsAPI", max_ongoing_requests=64)
 @serve.ingress(api)
 class CarsAPI:
-    def __init__(self, classifier: DeploymentHandle, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_files: int = DEFAULT_MAX_FILES):
+    def __init__(self, classifier: DeploymentHandle, max_body_bytes: int, max_pixels: int, max_files: int):
         self.classifier = classifier
         self.max_body_bytes = max_body_bytes
         self.max_pixels = max_pixels
@@ -295,60 +347,46 @@ class CarsAPI:
             raise UserInputError(status, f"the upload is not a usable image ({err})") from None
 
 
-DEFAULT_GPU_SHARE = 0.25  # a quarter of a GPU per replica: up to four replicas autoscale on one GPU
+def replica_resources(args: ServeArgs, has_gpu: bool) -> dict[str, float]:
+    """A Classifier replica's CPUs (also ONNX Runtime's threads) and GPU share: ``num_gpus``, or 0.25 of a GPU
+    where the cluster has GPUs and the replica runs PyTorch, none for ONNX Runtime (it runs on CPU here)."""
+    from cars_ray.inference.model import choose_backend
+
+    runs_torch = choose_backend(args.checkpoint, args.backend, has_gpu=has_gpu) == "torch"
+    gpus = args.num_gpus if args.num_gpus is not None else DEFAULT_GPU_SHARE if has_gpu and runs_torch else 0
+    return {"num_cpus": float(args.num_cpus), "num_gpus": float(gpus)}
 
 
-def replica_resources(args: dict[str, str], path: str, backend: str, has_gpu: bool) -> dict[str, float]:
-    """A Classifier replica's CPUs (also ONNX Runtime's threads) and GPU share: 0.25 of a GPU where the
-    cluster has GPUs and the replica runs PyTorch, none for ONNX Runtime (it runs on CPU here)."""
-    runs_torch = backend in ("auto", "torch") and not path.endswith(".onnx")
-    default_gpus = DEFAULT_GPU_SHARE if has_gpu and runs_torch else 0
-    return {"num_cpus": float(args.get("num_cpus", 1)), "num_gpus": float(args.get("num_gpus", default_gpus))}
+def logging_config(args: ServeArgs) -> dict[str, Any]:
+    return {"enable_access_log": args.access_log}
 
 
-def logging_config(args: dict[str, str]) -> dict[str, Any]:
-    return {"enable_access_log": str(args.get("access_log", "true")).lower() == "true"}
-
-
-def build(args: dict[str, str]) -> serve.Application:
-    """Application builder for ``serve run serve.app:build checkpoint=PATH [key=value ...]``.
-
-    Arguments: checkpoint (a checkpoint directory or .onnx file; required), backend (auto, torch, onnx,
-    onnx-int8; auto runs PyTorch on a GPU replica and ONNX Runtime on a CPU one), batching (true/false),
-    max_batch_size, batch_wait_timeout_s, max_body_bytes, max_pixels, max_files (images answered per request, default
-    8), min_replicas, max_replicas,
-    target_ongoing_requests, num_cpus (per replica; also ONNX Runtime's thread count), num_gpus (per
-    replica; default 0.25 when the cluster has GPUs and the replica runs PyTorch, else 0),
-    health_check_period_s (how soon a dead replica is noticed and replaced; Serve's 10 s), access_log
-    (true/false: Serve's line per request, which costs CPU at high request rates). Replica
-    settings in a serve config's ``deployments:`` override these.
-    """
+def build(args: ServeArgs) -> serve.Application:
+    """Application builder for ``serve run serve.app:build checkpoint=PATH [key=value ...]``: the arguments and
+    their defaults are :class:`ServeArgs` (Ray Serve validates them; a dict, as tests pass, is validated here).
+    Raises ValueError in one sentence for a bad argument, a missing checkpoint or a backend it cannot run on."""
     import ray
 
-    from cars_ray.evaluate.predictor import choose_backend
+    from cars_ray.inference.model import choose_backend
 
-    path = args.get("checkpoint")
-    if not path:
-        raise ValueError("serve.app:build needs checkpoint=PATH (a checkpoint directory or an .onnx file)")
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {path} does not exist")
-    path = os.path.abspath(path)
-    backend = str(args.get("backend", "auto"))
-    choose_backend(path, backend)  # fails here, in one sentence, on a backend the model cannot run on
+    if not isinstance(args, ServeArgs):
+        args = ServeArgs.model_validate(args)
+    if not os.path.exists(args.checkpoint):
+        raise ValueError(f"checkpoint {args.checkpoint} does not exist")
+    args = args.model_copy(update={"checkpoint": os.path.abspath(args.checkpoint)})
+    choose_backend(args.checkpoint, args.backend)  # fails here, in one sentence, on a backend the model cannot run on
     has_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
     classifier = Classifier.options(
         autoscaling_config={
-            "min_replicas": int(args.get("min_replicas", 1)),
-            "max_replicas": int(args.get("max_replicas", 2)),
-            "target_ongoing_requests": float(args.get("target_ongoing_requests", 4)),
-            "upscale_delay_s": float(args.get("upscale_delay_s", 3)),
-            "downscale_delay_s": float(args.get("downscale_delay_s", 15)),
+            "min_replicas": args.min_replicas,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
+            "upscale_delay_s": args.upscale_delay_s,
+            "downscale_delay_s": args.downscale_delay_s,
         },
-        ray_actor_options=replica_resources(args, path, backend, has_gpu),
-        health_check_period_s=float(args.get("health_check_period_s", 10)),
+        ray_actor_options=replica_resources(args, has_gpu),
+        health_check_period_s=args.health_check_period_s,
         logging_config=logging_config(args),
-    ).bind(path, str(args.get("batching", "true")).lower() == "true", int(args.get("max_batch_size", 16)),
-           float(args.get("batch_wait_timeout_s", 0.01)), backend)
+    ).bind(args)
     return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}, logging_config=logging_config(args)).bind(
-        classifier, int(args.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES)), int(args.get("max_pixels", DEFAULT_MAX_PIXELS)),
-        int(args.get("max_files", DEFAULT_MAX_FILES)))
+        classifier, args.max_body_bytes, args.max_pixels, args.max_files)

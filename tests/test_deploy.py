@@ -111,12 +111,12 @@ def test_serve_config_asks_for_a_gpu_share_only_where_the_cluster_has_gpus(has_g
     """`serve deploy serve/config.yaml` on a CPU-only local head must not wait forever for a GPU: the replica's
     resources come from serve.app:build (as on `serve run`), not fixed in the config, and the smallest app
     fits a 2-CPU head."""
-    from serve.app import replica_resources
+    from serve.app import ServeArgs, replica_resources
 
     app = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())["applications"][0]
     deployments = {d["name"]: d for d in app["deployments"]}
     assert "ray_actor_options" not in deployments["Classifier"], "fixed replica resources override the builder's"
-    resolved = replica_resources(app["args"], app["args"]["checkpoint"], app["args"]["backend"], has_gpu=has_gpu)
+    resolved = replica_resources(ServeArgs.model_validate(app["args"]), has_gpu=has_gpu)
     assert resolved == {"num_cpus": 1.0, "num_gpus": gpus}
     smallest = resolved["num_cpus"] * deployments["Classifier"]["autoscaling_config"]["min_replicas"] + \
         deployments["CarsAPI"]["ray_actor_options"]["num_cpus"]

@@ -215,8 +215,8 @@ def test_cpu_replica_serves_the_checked_onnx_export_of_a_checkpoint(served, chec
 
 
 def test_backend_choice_overrides_and_refusals(checkpoint, tmp_path):
-    from cars_ray.evaluate.predictor import choose_backend
-    from serve.app import replica_resources
+    from cars_ray.inference.model import choose_backend
+    from serve.app import ServeArgs, replica_resources
 
     assert choose_backend(str(checkpoint), "torch") == "torch" and choose_backend(str(checkpoint), "onnx") == "onnx"
     onnx_file = tmp_path / "m.onnx"
@@ -228,27 +228,31 @@ def test_backend_choice_overrides_and_refusals(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="backend must be one of"):
         choose_backend(str(checkpoint), "tensorrt")
     # Fractional GPUs: four PyTorch replicas fit on one GPU; ONNX Runtime replicas take none.
-    assert replica_resources({}, str(checkpoint), "auto", has_gpu=True) == {"num_cpus": 1.0, "num_gpus": 0.25}
-    assert replica_resources({}, str(checkpoint), "onnx", has_gpu=True)["num_gpus"] == 0
-    assert replica_resources({}, str(checkpoint), "auto", has_gpu=False)["num_gpus"] == 0
+    auto, onnx = ServeArgs(checkpoint=str(checkpoint)), ServeArgs(checkpoint=str(checkpoint), backend="onnx")
+    assert replica_resources(auto, has_gpu=True) == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert replica_resources(onnx, has_gpu=True)["num_gpus"] == 0
+    assert replica_resources(auto, has_gpu=False)["num_gpus"] == 0
+    assert replica_resources(ServeArgs(checkpoint=str(onnx_file)), has_gpu=True)["num_gpus"] == 0
+    assert replica_resources(auto.model_copy(update={"num_gpus": 0.5}), has_gpu=True)["num_gpus"] == 0.5
     # serve/config.yaml's resources on a CPU-only or a GPU cluster: tests/test_deploy.py
 
 
 def test_onnx_cache_refuses_an_export_that_fails_parity(checkpoint, tmp_path, monkeypatch):
     import shutil as sh
 
-    from cars_ray import export
+    from cars_ray.checkpoint import read_meta
     from cars_ray.errors import CheckpointError
+    from cars_ray.inference import onnx
 
     copy = tmp_path / "ckpt"
     sh.copytree(checkpoint, copy, ignore=sh.ignore_patterns("onnx"))
-    monkeypatch.setattr(export, "check_parity", lambda *a: export.ParityReport(0.5, 0.75, 16))
+    monkeypatch.setattr(onnx, "check_parity", lambda *a: onnx.ParityReport(0.5, 0.75, 16))
     with pytest.raises(CheckpointError, match="does not match PyTorch.*backend=torch"):
-        export.cached_onnx(str(copy))
+        onnx.cached_onnx(str(copy), read_meta(str(copy)))
     assert not list(copy.rglob("*.onnx"))
-    monkeypatch.setattr(export.os, "access", lambda *a: False)  # a read-only checkpoint (root ignores modes)
-    monkeypatch.setenv(export.CACHE_ENV, str(tmp_path / "cache"))
-    assert export.onnx_cache_dir(str(copy)) == str(tmp_path / "cache" / "onnx")
+    monkeypatch.setattr(onnx.os, "access", lambda *a: False)  # a read-only checkpoint (root ignores modes)
+    monkeypatch.setenv(onnx.CACHE_ENV, str(tmp_path / "cache"))
+    assert onnx.onnx_cache_dir(str(copy)) == str(tmp_path / "cache" / "onnx")
 
 
 @pytest.mark.gpu

@@ -244,7 +244,7 @@ def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, t
     assert code == 0, out + err
     assert "32 'val' images" in out and "wrote" in out and (tmp_path / "good.onnx").is_file()
     assert "WARNING" not in err and "Quantized bias" not in out + err  # the quantizer's log lines: off the console
-    from cars_ray.evaluate.predictor import is_int8_onnx
+    from cars_ray.inference.onnx import is_int8_onnx
 
     assert is_int8_onnx(str(tmp_path / "good.onnx"))
     (tmp_path / "grey").mkdir()

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from cars_ray.config import AUGMENT_LEVELS
 from cars_ray.data.augment_spec import LEVEL_DENOM, RandAugmentSpec
 from cars_ray.preprocessing import Preprocessing
 
-AUGMENT_LEVELS = ("none", "light", "standard", "strong")
 # timm's _RAND_TRANSFORMS and _RAND_INCREASING_TRANSFORMS, in timm's order (geometric ones last).
 COLOUR_OPS = ("AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
               "Brightness", "Sharpness")

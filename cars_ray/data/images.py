@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from cars_ray.config import BOX_FRAMES
 from cars_ray.errors import ImageError
 
 # A truncated JPEG must be reported, never silently padded with grey.
@@ -165,7 +166,6 @@ def box_problem(box: tuple[float, float, float, float], width: int, height: int)
 # image as its file stores it, before the EXIF Orientation tag is applied, as the devkit's annotations and most
 # annotation tools give them. "upright": coordinates of the image as shown, after the orientation is applied
 # (what open_rgb returns). A box in the stored frame is moved onto the upright image before cropping.
-BOX_FRAMES = ("stored", "upright")
 
 
 def stored_to_upright(box: tuple[float, float, float, float], orientation: int, stored_width: int,

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cars_ray.config import DATA_PIPELINES
 from cars_ray.errors import ConfigError
 
-PIPELINES = ("cached", "streaming")
 OBJECT_STORE_SHARE = 0.5
 WORKER_MEMORY_SHARE = 0.5
 
@@ -77,6 +77,6 @@ def choose_pipeline(setting: str, decoded: int, object_store_bytes: float, worke
                                   f"but {where} {human_bytes(capacity)}; set data.pipeline=streaming (or auto)")
         return PipelineChoice("cached", f"cached: set by data.pipeline ({comparison})", decoded, int(budget))
     if setting != "auto":
-        raise ConfigError(f"data.pipeline is {setting!r}; expected one of auto, {', '.join(PIPELINES)}")
+        raise ConfigError(f"data.pipeline is {setting!r}; expected one of {', '.join(DATA_PIPELINES)}")
     return PipelineChoice("cached" if fits else "streaming", f"{'cached' if fits else 'streaming'}: {comparison}",
                           decoded, int(budget))

@@ -9,11 +9,13 @@ import os
 import numpy as np
 import pandas as pd
 
+from cars_ray.checkpoint import CheckpointMeta
 from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.files import IMAGE_SUFFIXES, ignored_reason, is_image_name, printable
 from cars_ray.data.layouts import resolve_root
 from cars_ray.errors import DataError, ImageError
-from cars_ray.evaluate.predictor import backend_info, scored_batches
+from cars_ray.evaluate.predictor import scored_batches
+from cars_ray.inference.model import describe
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.storage import check_shared_input
 
@@ -82,9 +84,12 @@ def decode_for_prediction(batch: pd.DataFrame, preprocessing: Preprocessing) -> 
     return {"path": batch["path"].to_numpy(), "image": np.stack(images), "error": np.asarray(errors, dtype=object)}
 
 
-def predict_files(model_path: str, paths: list[str], topk: int | None = None, tta: bool = False) -> pd.DataFrame:
-    """One row per input: top-1 class and probability, the top-k (default 5) as JSON, or the error."""
-    class_names, preprocessing = backend_info(model_path)
+def predict_files(model_path: str, paths: list[str], topk: int | None = None, tta: bool = False,
+                  meta: CheckpointMeta | None = None) -> pd.DataFrame:
+    """One row per input: top-1 class and probability, the top-k (default 5) as JSON, or the error.
+    ``meta``: the model's when the caller has read it (else read here). Raises DataError for a bad ``topk``."""
+    meta = meta or describe(model_path)
+    class_names, preprocessing = meta.class_names, meta.preprocessing
     topk = min(5, len(class_names)) if topk is None else topk
     if not 1 <= topk <= len(class_names):
         raise DataError(f"--topk must be from 1 to {len(class_names)}, got {topk}")
@@ -97,7 +102,7 @@ def predict_files(model_path: str, paths: list[str], topk: int | None = None, tt
     decoded = dataset_from_frame(pd.DataFrame({"path": paths}), ROWS_PER_BLOCK).map_batches(
         decode_for_prediction, batch_format="pandas", batch_size=32, fn_kwargs={"preprocessing": preprocessing})
     rows = []
-    for batch in scored_batches(decoded, model_path, len(paths), tta):
+    for batch in scored_batches(decoded, model_path, meta, len(paths), tta):
         for path, error, probs in zip(batch["path"], batch["error"], batch["probs"]):
             order = np.argsort(-probs)[:topk]
             rows.append({

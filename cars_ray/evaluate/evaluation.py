@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cars_ray.checkpoint import check_classes, read_meta
+from cars_ray.checkpoint import CheckpointMeta, check_classes
 from cars_ray.data.loading import decoded_dataset
-from cars_ray.evaluate.predictor import backend_info, scored_batches
+from cars_ray.evaluate.predictor import scored_batches
+from cars_ray.inference.model import describe
+from cars_ray.preprocessing import Preprocessing
 from cars_ray.outputs import write_csv, write_figure, write_json
 from cars_ray.plots import confusion_matrix_figure, mistakes_figure, worst_classes_figure
 
@@ -31,32 +33,35 @@ class EvaluationOptions:
     progress: Any = None  # a ProgressBoard the caller draws, or None
 
 
-def score_rows(checkpoint_dir: str, rows: pd.DataFrame, tta: bool = False, progress=None,
+def score_rows(checkpoint_dir: str, meta: CheckpointMeta, rows: pd.DataFrame, tta: bool = False, progress=None,
                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(labels, probabilities, rel_paths) for manifest rows, decoded and predicted on Ray."""
-    class_names, preprocessing = backend_info(checkpoint_dir)
+    """(labels int64 (N,), probabilities float32 (N, classes), rel_paths) for manifest rows, decoded and
+    predicted on Ray; ``meta``: the checkpoint's."""
     if progress is not None:
         progress.begin.remote(EVALUATE_PHASE, len(rows))
     labels, probs, paths = [], [], []
-    for batch in scored_batches(decoded_dataset(rows, preprocessing), checkpoint_dir, len(rows), tta, batch_size):
+    for batch in scored_batches(decoded_dataset(rows, meta.preprocessing), checkpoint_dir, meta, len(rows), tta,
+                                batch_size):
         labels.append(batch["label"]), probs.append(batch["probs"]), paths.extend(batch["rel_path"].tolist())
         if progress is not None:
             progress.advance.remote(EVALUATE_PHASE, len(batch["label"]))
     if not labels:
-        return np.zeros(0, np.int64), np.zeros((0, len(class_names)), np.float32), []
+        return np.zeros(0, np.int64), np.zeros((0, len(meta.class_names)), np.float32), []
     return np.concatenate(labels), np.concatenate(probs), paths
 
 
 def evaluate_checkpoint(checkpoint_dir: str, rows: pd.DataFrame, class_names: list[str], output_dir: str,
-                        options: EvaluationOptions = EvaluationOptions()) -> dict:
-    """Score ``rows`` and write the evaluation files to ``output_dir``; returns the metrics."""
+                        options: EvaluationOptions = EvaluationOptions(), meta: CheckpointMeta | None = None) -> dict:
+    """Score ``rows`` and write the evaluation files to ``output_dir``; returns the metrics. ``meta``: the
+    checkpoint's when the caller has read it (meta.json is read once), else read here. Raises CheckpointError
+    when the checkpoint's classes are not ``class_names``."""
     # scikit-learn loads here, not at import: the train and tune drivers import this module, and a run without
     # test rows never evaluates.
     from cars_ray.evaluate.metrics import class_confusion, classification_metrics, confused_pairs, per_class_report
 
-    meta = read_meta(checkpoint_dir)
+    meta = meta or describe(checkpoint_dir)
     check_classes(meta, class_names, options.source)
-    labels, probs, paths = score_rows(checkpoint_dir, rows, options.tta, options.progress)
+    labels, probs, paths = score_rows(checkpoint_dir, meta, rows, options.tta, options.progress)
     metrics = classification_metrics(labels, probs)
     metrics.update({"split": options.title, "tta": options.tta, "checkpoint": os.path.abspath(checkpoint_dir)})
     # An image that could not be decoded is not scored: counted and named, never dropped unsaid.
@@ -75,14 +80,13 @@ def evaluate_checkpoint(checkpoint_dir: str, rows: pd.DataFrame, class_names: li
     write_figure(os.path.join(output_dir, "confusion_matrix.png"), confusion_matrix_figure(matrix, class_names, title))
     write_figure(os.path.join(output_dir, "per_class.png"), worst_classes_figure(per_class, matrix, class_names))
     write_figure(os.path.join(output_dir, "errors.png"),
-                 mistakes_figure(*confident_mistakes(checkpoint_dir, rows, predictions, class_names), title=title))
+                 mistakes_figure(*confident_mistakes(meta.preprocessing, rows, predictions, class_names), title=title))
     return metrics
 
 
-def confident_mistakes(checkpoint_dir: str, rows: pd.DataFrame, predictions: pd.DataFrame,
+def confident_mistakes(preprocessing: Preprocessing, rows: pd.DataFrame, predictions: pd.DataFrame,
                        class_names: list[str]) -> tuple[list[np.ndarray], list[str]]:
     """The photos (as the model saw them) and captions of the most confident wrong predictions."""
-    _, preprocessing = backend_info(checkpoint_dir)
     wrong = predictions[predictions.true_id != predictions.predicted_id].nlargest(MISTAKES_SHOWN, "confidence")
     by_path = rows.set_index("rel_path")
     images, captions = [], []

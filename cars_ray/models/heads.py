@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cars_ray.config import HEAD_NAMES
+
 
 class LinearHead(nn.Module):
     """Plain fine-tuning: global average pool, dropout, fully connected."""
@@ -63,4 +65,4 @@ class BilinearAttentionHead(nn.Module):
         return self.classifier(self.dropout(pooled).to(self.classifier.weight.dtype))
 
 
-HEADS = {"linear": LinearHead, "bilinear_attention": BilinearAttentionHead}
+HEADS = dict(zip(HEAD_NAMES, (LinearHead, BilinearAttentionHead), strict=True))  # names: config.HEAD_NAMES

@@ -22,7 +22,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from cars_ray.checkpoint import read_train_state, write_checkpoint
+from cars_ray.checkpoint import make_meta, read_train_state, write_checkpoint
 from cars_ray.config import Config
 from cars_ray.data.feed import CachedSplit
 from cars_ray.preprocessing import Preprocessing
@@ -183,17 +183,8 @@ def report(run: TrainingRun, metrics: dict, settings: LoopSettings, rank: int) -
         ray.train.report(metrics)
         return
     directory = tempfile.mkdtemp(prefix="cars_ray-checkpoint-")  # Ray deletes it once uploaded
-    meta = {
-        "class_names": settings.class_names,
-        "preprocessing": settings.preprocessing,
-        "model": settings.config["model"],
-        "inference": {"amp": {"off": "off", "fp16": "fp16"}.get(run.cfg.train.amp, "bf16"),
-                      "channels_last": run.cfg.train.channels_last},
-        "config": settings.config,
-        "epoch": metrics["epoch"],
-        "metrics": metrics,
-        "ema": run.ema is not None,
-    }
+    meta = make_meta(run.cfg, settings.class_names, Preprocessing.from_dict(settings.preprocessing, "train loop config"),
+                     ema=run.ema is not None, epoch=metrics["epoch"], metrics=metrics)
     write_checkpoint(directory, run.eval_weights(), meta, run.state_dict() if kind == FULL else None)
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)

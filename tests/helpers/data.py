@@ -115,7 +115,7 @@ def write_tiny_checkpoint(directory: Path, head: str = "linear", num_classes: in
     """An untrained but complete checkpoint (tiny timm test model) for serving/export tests."""
     import torch
 
-    from cars_ray.checkpoint import write_checkpoint
+    from cars_ray.checkpoint import make_meta, write_checkpoint
     from cars_ray.config import Config, ModelConfig
     from cars_ray.models import create_model
     from cars_ray.preprocessing import Preprocessing
@@ -123,10 +123,8 @@ def write_tiny_checkpoint(directory: Path, head: str = "linear", num_classes: in
     torch.manual_seed(0)
     model_cfg = ModelConfig(backbone="test_efficientnet", weights="none", head=head, bilinear_channels=16)
     model = create_model(model_cfg, num_classes)
-    config = Config(model=model_cfg).to_dict()
     preprocessing = Preprocessing.resolve(model_cfg.backbone, image_size, 0.875)
-    meta = {"class_names": CLASS_NAMES[:num_classes], "preprocessing": preprocessing.to_dict(),
-            "model": config["model"], "config": config, "epoch": 0, "metrics": {}}
+    meta = make_meta(Config(model=model_cfg), CLASS_NAMES[:num_classes], preprocessing, epoch=0)
     write_checkpoint(str(directory), model.state_dict(), meta)
     return directory
 
