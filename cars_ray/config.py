@@ -48,6 +48,9 @@ class DataConfig:
     # Ray Data tasks streamed into the workers (streaming); auto picks cached only when the decoded train + val
     # splits fit the budget in cars_ray.data.sizing (a share of the object store and of each worker's memory).
     pipeline: str = "auto"
+    # The streaming path's source: decode (every epoch's tasks decode the JPEGs, as timm does) | disk (decode once
+    # into fixed-size records under the run's --output-dir/decoded, as FFCV does; every epoch's tasks read them).
+    stream_source: str = "decode"
     max_images_per_class: int | None = None  # cap per class and split (quick experiments)
 
 
@@ -264,6 +267,7 @@ CHOICES = {
     "data.box_frame": ("stored", "upright"),
     "data.cache_on_device": ("auto", "true", "false"),
     "data.pipeline": ("auto", "cached", "streaming"),
+    "data.stream_source": ("decode", "disk"),
     "model.head": ("linear", "bilinear_attention"),
     "optim.schedule": ("cosine", "plateau", "none"),
     "train.use_gpu": ("auto", "true", "false"),
