@@ -3,6 +3,7 @@ decoded once to disk (``data.stream_source: decode | disk``).
 
     python benchmarks/stream_source.py --out DIR [--order decode,disk,decode,disk] [--steps 60] [--epochs 2]
         [--tiny] [key=value ...]
+    python benchmarks/stream_source.py --out DIR --cpu-cost RECORDS_FOLDER [--images 512] [--repeats 3]
 
 Runs ``pipelines/train.py --config configs/cpu_parity.yaml`` (the real Stanford Cars split) once per entry of
 ``--order``, interleaved so that a load that drifts over the session (the machine is shared) falls on both
@@ -15,6 +16,12 @@ Per run it records the 1-minute load average before and after, the wall time (th
 start, Ray start, the records write, training, validation, the test evaluation), the records write's seconds
 (from train.py's setup line) and each epoch's training images/s (metrics.csv). Writes OUT/result.json and
 prints one row per run.
+
+``--cpu-cost`` measures, without Ray or training, the CPU time one Ray Data task spends per training image on
+each source (``time.process_time``, one torch thread as in a 1-CPU Ray task, so the machine's load barely moves
+it): reading the record from RECORDS_FOLDER (a ``decoded/train-<key>`` folder a disk run wrote, for the same
+config) or decoding the JPEG, then the random resized crop and flip both sources share; interleaved repeats
+on the same ``--images`` training rows. Writes OUT/cpu_cost.json.
 """
 
 from __future__ import annotations
@@ -61,6 +68,41 @@ def run_one(out: str, index: int, source: str, args: argparse.Namespace) -> dict
     return row
 
 
+def cpu_cost(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from cars_ray.config import load_config
+    from cars_ray.data.loading import decode_batch, load_training_table, split_rows
+    from cars_ray.data.records import read_records
+    from cars_ray.data.stream import random_geometry
+    from cars_ray.preprocessing import Preprocessing
+
+    torch.set_num_threads(1)
+    cfg = load_config("configs/cpu_parity.yaml", [*(TINY if args.tiny else ()), *args.overrides])
+    preprocessing = Preprocessing.from_config(cfg)
+    _, table = load_training_table(cfg)
+    rows = split_rows(table[table.split == "train"])
+    sample = rows.sample(args.images, random_state=0)
+    read = {"decode": lambda block: decode_batch(block, preprocessing),
+            "disk": lambda block: read_records(block, args.cpu_cost)}
+    costs = {"decode": [], "disk": [], "crop_and_flip": []}
+    for _ in range(args.repeats):
+        for source, function in read.items():
+            started = time.process_time()
+            blocks = [function(sample.iloc[i:i + 32]) for i in range(0, len(sample), 32)]
+            costs[source].append((time.process_time() - started) / len(sample) * 1e3)
+        images, row_ids = (np.concatenate([b[key] for b in blocks]) for key in ("image", "row_id"))
+        started = time.process_time()
+        random_geometry(images, row_ids, preprocessing.image_size, cfg.data.rrc_scale_min, cfg.data.hflip, 0, 1)
+        costs["crop_and_flip"].append((time.process_time() - started) / len(sample) * 1e3)
+    result = {f"{name}_ms_per_image": [round(v, 3) for v in values] for name, values in costs.items()}
+    crop = min(costs["crop_and_flip"])
+    result["task_ms_per_image"] = {source: round(min(costs[source]) + crop, 3) for source in read}
+    result["images"], result["load_average"] = args.images, round(os.getloadavg()[0], 1)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -68,9 +110,18 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--cpu-cost", metavar="RECORDS_FOLDER", default=None)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.cpu_cost:
+        result = cpu_cost(args)
+        print(json.dumps(result))
+        with open(os.path.join(args.out, "cpu_cost.json"), "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+        return 0
     rows = []
     for index, source in enumerate(args.order.split(",")):
         rows.append(run_one(args.out, index, source, args))
