@@ -12,6 +12,9 @@ epoch, derived from ``(train.seed, epoch, rank, world_size)`` alone:
   decode every path shares), then draw a random resized crop to ``data.image_size`` and a flip with torchvision
   (seeded per row from ``(seed, epoch, row_id)``, so an epoch's augmentation repeats too); the worker's device
   then does what is cheap in batches: colour jitter, RandAugment, mixup (``TrainAugment(host_geometry=True)``);
+- with ``data.stream_source: disk`` the tasks read each row's record from the split's records folder, decoded
+  once per run by that same decode (``cars_ray.data.records``), instead of the file: the same images, so the
+  same batches;
 - the dataset keeps block order (``preserve_order``) and its object-store use is capped
   (``resource_limits.object_store_memory``), so Ray Data's backpressure holds a bounded window of decoded
   batches whatever the split's size.
