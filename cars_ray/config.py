@@ -28,6 +28,7 @@ RESIZE_MODES = ("squash", "shorter")  # squash: the whole crop to a square; shor
 # stored: box pixels as the file stores them (before EXIF orientation; Stanford Cars'); upright: as shown
 BOX_FRAMES = ("stored", "upright")
 DATA_PIPELINES = ("auto", "cached", "streaming")
+STREAM_SOURCES = ("decode", "disk")  # the streaming path's images: JPEGs decoded every epoch, or records on disk
 HEAD_NAMES = ("linear", "bilinear_attention")
 BackendName = Literal["auto", "torch", "onnx", "onnx-int8"]  # what runs a model (Serve's backend=, inference)
 BACKENDS: tuple[str, ...] = typing.get_args(BackendName)
@@ -59,6 +60,9 @@ class DataConfig:
     # Ray Data tasks streamed into the workers (streaming); auto picks cached only when the decoded train + val
     # splits fit the budget in cars_ray.data.sizing (a share of the object store and of each worker's memory).
     pipeline: str = "auto"
+    # The streaming path's source: decode (every epoch's tasks decode the JPEGs, as timm does) | disk (decode once
+    # into fixed-size records under the run's --output-dir/decoded, as FFCV does; every epoch's tasks read them).
+    stream_source: str = "decode"
     max_images_per_class: int | None = None  # cap per class and split (quick experiments)
 
 
@@ -275,6 +279,7 @@ CHOICES = {
     "data.box_frame": BOX_FRAMES,
     "data.cache_on_device": ("auto", "true", "false"),
     "data.pipeline": DATA_PIPELINES,
+    "data.stream_source": STREAM_SOURCES,
     "model.head": HEAD_NAMES,
     "optim.schedule": ("cosine", "plateau", "none"),
     "train.use_gpu": ("auto", "true", "false"),

@@ -85,6 +85,12 @@ class Preprocessing:
         return cls.resolve(config.model.backbone, data.image_size, data.crop_pct, data.resize_mode, data.box_margin,
                            data.box_frame)
 
+    def decode_fields(self) -> dict[str, Any]:
+        """The fields :meth:`decode` reads: two preprocessings with equal ones decode every image alike (the key
+        of the streaming path's decoded records, ``cars_ray.data.records``)."""
+        return {name: getattr(self, name) for name in ("resize", "interpolation", "resize_mode", "box_margin",
+                                                        "box_frame")}
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
 

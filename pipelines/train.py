@@ -17,12 +17,13 @@ import time
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
+from cars_ray.data.records import RECORDS_FOLDER
 from cars_ray.outputs import OUTPUT_MARKER, check_earlier_folder, check_output_path, remove_outputs, start_output, write_yaml
 from cars_ray.progress import progress_console
 from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 # What a run writes into its output folder (ray_results/<run_name> is named by the config).
-RUN_OUTPUTS = ("config.yaml", "split.csv", "metrics.csv", "best", "evaluation")
+RUN_OUTPUTS = ("config.yaml", "split.csv", "metrics.csv", "best", "evaluation", RECORDS_FOLDER)
 
 
 def main(argv=None) -> int:

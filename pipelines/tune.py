@@ -17,11 +17,13 @@ import time
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.config import load_config
 from cars_ray.data.loading import check_root_dir, load_training_table
+from cars_ray.data.records import RECORDS_FOLDER
 from cars_ray.errors import ConfigError
 from cars_ray.outputs import OUTPUT_MARKER, check_earlier_folder, check_output_path, remove_outputs, start_output, write_yaml
 from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
-SEARCH_OUTPUTS = ("config.yaml", "split.csv", "tune_results.csv", "search.json", "tune.png", "best", "evaluation", "ray_results")
+SEARCH_OUTPUTS = ("config.yaml", "split.csv", "tune_results.csv", "search.json", "tune.png", "best", "evaluation", "ray_results",
+                  RECORDS_FOLDER)
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ Training end to end in streaming mode (two workers, --resume): tests/test_train.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -267,3 +268,109 @@ def test_both_data_paths_draw_one_crop_distribution():
     unflipped = random_geometry(ramp[:8], np.arange(8), 16, 0.08, 0.0, seed=5, epoch=2)
     assert np.array_equal(random_geometry(ramp[:8], np.arange(8), 16, 0.08, 1.0, seed=5, epoch=2),
                           unflipped[:, :, ::-1]), "hflip=1 flips the very crop hflip=0 takes"
+
+
+# ---------------------------------------------------------------- the disk source: records decoded once (data.stream_source)
+
+def split_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """A split table (split column) of ``rows``: the first 80% train, the rest val."""
+    return rows.assign(split=np.where(np.arange(len(rows)) < len(rows) * 4 // 5, "train", "val"))
+
+
+@pytest.mark.slow
+def test_disk_records_give_the_decode_sources_batches_and_are_reused(ray_local, tmp_path):
+    from cars_ray.data.loading import prepare_records
+    from cars_ray.data.stream import StreamedSplit
+
+    (tmp_path / "images").mkdir()
+    rows = stream_rows(tmp_path / "images", 100, unreadable=(7, 90))
+    table = split_table(rows)
+    records = prepare_records(table, PRE, str(tmp_path / "run"), decode_batch_size=8)
+    assert records.written == ["train", "val"] and records.unreadable == {"train": ["0007.jpg"], "val": ["0090.jpg"]}
+    assert "2 unreadable image(s) have no record and are skipped every epoch (0007.jpg, 0090.jpg)" in records.summary()
+    images = np.load(os.path.join(records.folders["train"], "images.npy"), mmap_mode="r")
+    assert images.shape == (80, 16, 16, 3) and images.dtype == np.uint8
+    assert np.array_equal(images[3], PRE.decode(rows.path[3])) and not images[7].any()
+    train = rows.iloc[:80].reset_index(drop=True)
+    decode = StreamedSplit(train, PRE, "light", scale_min=0.5, decode_batch_size=8)
+    disk = StreamedSplit(train, PRE, "light", scale_min=0.5, decode_batch_size=8, records=records.folders["train"])
+    for epoch, rank in ((1, 0), (2, 1)):
+        expected = list(decode.train_batches(0, epoch, rank, 2, 8, CPU))
+        got = list(disk.train_batches(0, epoch, rank, 2, 8, CPU))
+        assert len(got) == len(expected) == 5 and disk.skipped == decode.skipped
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, expected)), \
+            f"epoch {epoch}, rank {rank}: the same rows, order, crops, flips and labels as decoding the files"
+    val = rows.iloc[80:].reset_index(drop=True).assign(row_id=np.arange(20))
+    disk_val = StreamedSplit(val, PRE, "none", decode_batch_size=8, records=records.folders["val"])
+    seen = list(disk_val.eval_batches(0, 1, 16, CPU))
+    assert sum(len(labels) for _, labels in seen) == 19 and disk_val.skipped == ["0090.jpg"]
+    assert np.array_equal(seen[0][0][0].numpy(), PRE.decode(val.path[0]))
+    again = prepare_records(table, PRE, str(tmp_path / "run"), decode_batch_size=8)
+    assert again.written == [] and again.folders == records.folders, "a --resume (same content key) reuses them"
+    assert again.unreadable == records.unreadable and "reused train, reused val" in again.summary()
+
+
+def test_the_records_key_follows_the_rows_the_files_and_the_decode_only(tmp_path):
+    from cars_ray.data.loading import split_rows
+    from cars_ray.data.records import content_key
+
+    rows = split_rows(stream_rows(tmp_path, 6))
+    key = content_key(rows, PRE)
+    assert key == content_key(rows.copy(), PRE) and len(key) == 16
+    assert key == content_key(rows, dataclasses.replace(PRE, mean=(0.4,) * 3, image_size=14)), \
+        "the normalisation and the training size are not part of the decode"
+    assert key != content_key(rows, dataclasses.replace(PRE, resize=20))
+    assert key != content_key(rows, dataclasses.replace(PRE, box_margin=0.1))
+    assert key != content_key(rows.assign(class_index=rows.class_index[::-1].to_numpy()), PRE)
+    make_image(tmp_path / "0002.jpg", (30, 20), (9, 9, 9))
+    assert key != content_key(rows, PRE), "a replaced photo is decoded again"
+
+
+def test_an_interrupted_records_write_leaves_nothing_and_is_never_reused(tmp_path):
+    from cars_ray.data.records import PARTIAL, is_complete, remove_other_records, write_records
+
+    folder = str(tmp_path / "decoded" / "train-0123456789abcdef")
+
+    def blocks_then_failure():
+        yield {"image": np.full((2, 4, 4, 3), 7, np.uint8), "row_id": np.array([3, 0])}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_records(folder, 5, 4, blocks_then_failure())
+    assert os.listdir(tmp_path / "decoded") == [], "neither the folder nor its staging copy remains"
+    # A write killed outright (no chance to clean up) leaves its staging folder: never taken for the records.
+    os.makedirs(folder + PARTIAL + "dead")
+    np.save(os.path.join(folder + PARTIAL + "dead", "images.npy"), np.zeros((5, 4, 4, 3), np.uint8))
+    np.save(os.path.join(folder + PARTIAL + "dead", "readable.npy"), np.ones(5, bool))
+    assert not is_complete(folder)
+    remove_other_records(str(tmp_path / "decoded"), "train", keep=folder)
+    readable = write_records(folder, 5, 4, iter([{"image": np.full((2, 4, 4, 3), 7, np.uint8),
+                                                  "row_id": np.array([3, 0])}]))
+    assert os.listdir(tmp_path / "decoded") == ["train-0123456789abcdef"] and is_complete(folder)
+    assert readable.tolist() == [True, False, False, True, False]
+    assert np.load(os.path.join(folder, "images.npy"))[[0, 3]].min() == 7
+
+
+def test_the_records_need_their_bytes_free_on_disk_before_any_write(tmp_path, monkeypatch):
+    import shutil
+
+    from cars_ray.data.loading import prepare_records
+
+    rows = stream_rows(tmp_path, 10)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as failure:
+        prepare_records(split_table(rows), PRE, str(out))
+    needed = decoded_bytes(10, 16)
+    assert str(failure.value) == (f"data.stream_source=disk: the decoded records need {needed / 1e6:.1f} MB ({needed} "
+                                  f"bytes) in {out / 'decoded'} but its disk has 0.0 MB (1000 bytes) free; free space "
+                                  "there, give another --output-dir or set data.stream_source=decode")
+    assert os.listdir(out / "decoded") == []
+
+
+def test_stream_source_is_checked_like_the_other_choices():
+    from cars_ray.config import load_config
+
+    assert load_config(None, ["data.stream_source=disk"]).data.stream_source == "disk"
+    with pytest.raises(ConfigError, match="^data.stream_source is 'cache'; expected one of decode, disk$"):
+        load_config(None, ["data.stream_source=cache"])

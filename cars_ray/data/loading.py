@@ -6,12 +6,14 @@ resized once per run by :meth:`Preprocessing.decode`, in parallel over the clust
 images, labels, and each row's position in the split as ``row_id``) stays in Ray's object store for the run
 and every training worker pulls it from there once (``cars_ray.data.feed``). Streaming: only the split's
 manifest rows go to the object store; the workers decode each epoch's rows as a stream
-(``cars_ray.data.stream``).
+(``cars_ray.data.stream``), from the JPEGs (``data.stream_source: decode``) or from records decoded once into
+the run's folder (``disk``: :func:`prepare_records`, the format in ``cars_ray.data.records``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,8 @@ from cars_ray.config import Config, DataConfig
 from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.layouts import read_dataset, resolve_root
 from cars_ray.data.manifest import Manifest
+from cars_ray.data.records import check_space, content_key, is_complete, read_readable, records_folder, \
+    remove_other_records, write_records
 from cars_ray.data.sizing import PipelineChoice, choose_pipeline, decoded_bytes
 from cars_ray.data.split import apply_split, read_split_file, split_warnings, stratified_split
 from cars_ray.errors import ConfigError, DataError, ImageError
@@ -165,6 +169,56 @@ def put_stream_rows(table: pd.DataFrame) -> dict[str, ray.ObjectRef]:
     return {name: ray.put(split_rows(table[table.split == name])) for name in ("train", "val")}
 
 
+@dataclass(frozen=True)
+class StreamRecords:
+    """The disk source of the streaming path: each split's records folder, and what preparing them did."""
+
+    folders: dict[str, str]  # split -> records folder (cars_ray.data.records)
+    written: list[str]  # the splits decoded now (the others' folders were reused: their content key matched)
+    unreadable: dict[str, list[str]]  # split -> relative paths of the images the decode could not read
+    seconds: float
+
+    def summary(self) -> str:
+        """The setup line's account, e.g. "disk: wrote train (8144 images), reused val, in 61.2 s; ..."."""
+        parts = [f"{'wrote' if name in self.written else 'reused'} {name}" for name in self.folders]
+        folder = os.path.dirname(next(iter(self.folders.values())))
+        text = f"stream source disk: {', '.join(parts)} records in {folder} ({self.seconds:.1f}s)"
+        bad = [path for paths in self.unreadable.values() for path in paths]
+        if bad:
+            text += (f"; {len(bad)} unreadable image(s) have no record and are skipped every epoch "
+                     f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")
+        return text
+
+
+def prepare_records(table: pd.DataFrame, preprocessing: Preprocessing, output_dir: str, decode_batch_size: int = 32,
+                    progress=None) -> StreamRecords:
+    """The train and val records folders under ``output_dir/decoded``: reused where the content key matches (a
+    --resume, a later epoch), else decoded once by Ray Data tasks and written by this driver, after checking the
+    disk holds all the splits to write. Raises ConfigError (not enough disk space)."""
+    started = time.perf_counter()
+    rows = {name: split_rows(table[table.split == name]) for name in ("train", "val")}
+    folders = {name: records_folder(output_dir, name, content_key(frame, preprocessing)) for name, frame in rows.items()}
+    missing = [name for name, folder in folders.items() if not is_complete(folder)]
+    if missing:
+        check_space(os.path.dirname(folders[missing[0]]),
+                    sum(decoded_bytes(len(rows[name]), preprocessing.resize) for name in missing))
+        if progress is not None:
+            progress.begin.remote(DECODE_PHASE, sum(len(rows[name]) for name in missing))
+    unreadable = {}
+    for name, folder in folders.items():
+        if name in missing:
+            remove_other_records(os.path.dirname(folder), name, keep=folder)
+            dataset = decoded_dataset(rows[name], preprocessing, decode_batch_size, progress).select_columns(
+                ["image", "row_id"])
+            dataset.context.enable_progress_bars = False  # the board draws the decode's bar
+            readable = write_records(folder, len(rows[name]), preprocessing.resize, dataset.iter_batches(
+                batch_size=None, batch_format="numpy", prefetch_batches=2))
+        else:
+            readable = read_readable(folder)
+        unreadable[name] = sorted(rows[name].rel_path.to_numpy()[~readable].tolist())
+    return StreamRecords(folders, missing, unreadable, time.perf_counter() - started)
+
+
 @dataclass
 class TrainingData:
     """What the driver hands a TorchTrainer and its workers for one run (``fit`` or a Tune search)."""
@@ -175,6 +229,17 @@ class TrainingData:
     streams: dict | None  # streaming: ObjectRefs of each split's manifest rows
     train_images: int  # readable (cached) or listed (streaming) training images
     val_images: int
+    records: StreamRecords | None = None  # streaming from disk (data.stream_source=disk): the records folders
+
+    @property
+    def stream_source(self) -> str | None:
+        """decode | disk on the streaming path; None on the cached one."""
+        return None if self.choice.pipeline == "cached" else ("disk" if self.records else "decode")
+
+    def as_dict(self) -> dict:
+        """run.json's account of the data path."""
+        return {**self.choice.as_dict(), "stream_source": self.stream_source,
+                "stream_records": self.records.folders if self.records else None}
 
 
 def check_stream_cpus(cfg: Config, reserved_cpus: float) -> None:
@@ -188,15 +253,22 @@ def check_stream_cpus(cfg: Config, reserved_cpus: float) -> None:
 
 
 def prepare_training_data(cfg: Config, table: pd.DataFrame, preprocessing: Preprocessing, use_gpu: bool,
-                          reserved_cpus: float, progress=None) -> TrainingData:
+                          reserved_cpus: float, progress=None, output_dir: str | None = None) -> TrainingData:
     """Resolve ``data.pipeline`` and prepare its data: decode and materialise (cached), or put the manifest rows
-    in the object store (streaming). Raises ConfigError (a cached path that cannot fit, no CPU left to decode
-    a stream, fewer readable images than a full batch per worker)."""
+    in the object store (streaming) and, with ``data.stream_source=disk``, prepare the records folders under
+    ``output_dir`` (:func:`prepare_records`). Raises ConfigError (a cached path that cannot fit, no CPU left to
+    decode a stream, no disk space for the records, fewer readable images than a full batch per worker)."""
     choice = resolve_pipeline(cfg, table, preprocessing, use_gpu)
     counts = {name: int((table.split == name).sum()) for name in ("train", "val")}
     if choice.pipeline == "streaming":
         check_stream_cpus(cfg, reserved_cpus)
-        return TrainingData(choice, {}, None, put_stream_rows(table), counts["train"], counts["val"])
+        records = None
+        if cfg.data.stream_source == "disk":
+            if output_dir is None:
+                raise ConfigError("data.stream_source=disk writes its records under the run's output folder, "
+                                  "and this caller gave none; set data.stream_source=decode")
+            records = prepare_records(table, preprocessing, output_dir, cfg.data.decode_batch_size, progress)
+        return TrainingData(choice, {}, None, put_stream_rows(table), counts["train"], counts["val"], records)
     datasets = build_training_datasets(table, preprocessing, cfg.data, progress)
     train_images = datasets["train"].count()
     check_full_batches(cfg, train_images, "the readable training images")

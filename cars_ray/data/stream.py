@@ -13,6 +13,9 @@ epoch, derived from ``(train.seed, epoch, rank, world_size)`` alone:
   path's crop distribution (``augment.crop_boxes``; seeded per row from ``(seed, epoch, row_id)``, so an epoch's
   augmentation repeats too); the worker's device
   then does what is cheap in batches: colour jitter, RandAugment, mixup (``TrainAugment(host_geometry=True)``);
+- with ``data.stream_source: disk`` the tasks read each row's record from the split's records folder, decoded
+  once per run by that same decode (``cars_ray.data.records``), instead of the file: the same images, so the
+  same batches;
 - the dataset keeps block order (``preserve_order``) and its object-store use is capped
   (``resource_limits.object_store_memory``), so Ray Data's backpressure holds a bounded window of decoded
   batches whatever the split's size.
@@ -46,6 +49,7 @@ import torch
 from cars_ray.data.blocks import dataset_from_frame
 from cars_ray.data.feed import epoch_order, rank_rows
 from cars_ray.data.loading import ROWS_PER_BLOCK, decode_batch
+from cars_ray.data.records import read_records
 from cars_ray.errors import DataError
 from cars_ray.preprocessing import Preprocessing
 
@@ -86,10 +90,12 @@ def random_geometry(images: np.ndarray, row_ids: np.ndarray, size: int, scale_mi
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def stream_batch(batch: pd.DataFrame, preprocessing: Preprocessing, geometry: dict | None) -> dict[str, np.ndarray]:
-    """A Ray Data task's work: decode a block of manifest rows (:func:`decode_batch`, unreadable ones dropped)
-    and, for training (``geometry``: size, scale_min, hflip, seed, epoch), crop and flip each image."""
-    decoded = decode_batch(batch, preprocessing)
+def stream_batch(batch: pd.DataFrame, preprocessing: Preprocessing, geometry: dict | None,
+                 records: str | None = None) -> dict[str, np.ndarray]:
+    """A Ray Data task's work: decode a block of manifest rows (:func:`decode_batch`), or read their decoded
+    records from the folder ``records`` (:func:`~cars_ray.data.records.read_records`), unreadable ones dropped
+    either way, and, for training (``geometry``: size, scale_min, hflip, seed, epoch), crop and flip each image."""
+    decoded = decode_batch(batch, preprocessing) if records is None else read_records(batch, records)
     images = decoded["image"]
     if geometry is not None:
         images = random_geometry(images, decoded["row_id"], **geometry)
@@ -100,15 +106,18 @@ class StreamedSplit:
     """One split as a training worker streams it: the same epoch interface as ``CachedSplit``.
 
     ``rows``: the split's manifest rows (columns path, rel_path, class_index, x1, y1, x2, y2, row_id with row_id
-    0..N-1). Batches are uint8 images (B, S, S, 3) (S = image_size for training with augmentation, the decode
-    size otherwise) and int64 labels (B,), on ``device``.
+    0..N-1). ``records``: the split's decoded records folder (``data.stream_source=disk``,
+    ``cars_ray.data.records``), read instead of decoding the files; None decodes them every epoch. Batches are
+    uint8 images (B, S, S, 3) (S = image_size for training with augmentation, the decode size otherwise) and
+    int64 labels (B,), on ``device``; both sources give the same batches.
     """
 
     def __init__(self, rows: pd.DataFrame, preprocessing: Preprocessing, augment: str = "standard",
-                 scale_min: float = 0.25, hflip: float = 0.5, decode_batch_size: int = 32):
+                 scale_min: float = 0.25, hflip: float = 0.5, decode_batch_size: int = 32, records: str | None = None):
         self.rows = rows.reset_index(drop=True)
         self.preprocessing, self.augment = preprocessing, augment
         self.scale_min, self.hflip, self.decode_batch_size = scale_min, hflip, decode_batch_size
+        self.records = records
         self.skipped: list[str] = []  # the files found unreadable in the last pass
 
     def __len__(self) -> int:
@@ -122,7 +131,7 @@ class StreamedSplit:
         side = geometry["size"] if geometry else self.preprocessing.resize
         dataset = dataset_from_frame(self.rows.iloc[positions], ROWS_PER_BLOCK).map_batches(
             stream_batch, batch_format="pandas", batch_size=self.decode_batch_size,
-            fn_kwargs={"preprocessing": self.preprocessing, "geometry": geometry})
+            fn_kwargs={"preprocessing": self.preprocessing, "geometry": geometry, "records": self.records})
         context = dataset.context  # this dataset's own copy of the DataContext
         context.execution_options.preserve_order = True
         window = max(MIN_WINDOW_BYTES, WINDOW_BATCHES * batch_size * side * side * 3)

@@ -50,6 +50,8 @@ class LoopSettings:
     # an ObjectRef of the frame cars_ray.data.loading.put_stream_rows made.
     split_rows: dict | None = None
     streams: dict | None = None
+    # streaming with data.stream_source=disk: each split's decoded records folder (cars_ray.data.records); else None.
+    stream_records: dict | None = None
 
     def as_loop_config(self) -> dict:
         return {"settings": self}
@@ -113,7 +115,8 @@ def open_split(name: str, settings: LoopSettings, cfg: Config, preprocessing: Pr
 
         data = cfg.data
         return StreamedSplit(ray.get(settings.streams[name]), preprocessing, data.augment, data.rrc_scale_min,
-                             data.hflip, data.decode_batch_size)
+                             data.hflip, data.decode_batch_size,
+                             settings.stream_records[name] if settings.stream_records else None)
     return CachedSplit.collect(ray.train.get_dataset_shard(name), settings.split_rows[name], device,
                                cfg.data.cache_on_device)
 

@@ -100,14 +100,18 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
         note(f"[cars_ray] {line}", progress)
     started = time.perf_counter()
     data = prepare_training_data(cfg, table, preprocessing, scaling.use_gpu,
-                                 cfg.train.num_workers * cfg.train.cpus_per_worker, progress)
-    note(f"[cars_ray] data path {data.choice.reason}", progress)
+                                 cfg.train.num_workers * cfg.train.cpus_per_worker, progress, output_dir)
+    note(f"[cars_ray] data path {data.choice.reason}"
+         + (f"; stream source {data.stream_source}" if data.stream_source else ""), progress)
+    if data.records is not None:
+        note(f"[cars_ray] {data.records.summary()}", progress)
     if data.choice.pipeline == "cached":
         note(f"[cars_ray] decoded {data.train_images} train and {data.val_images} val images "
              f"in {time.perf_counter() - started:.1f}s", progress)
     cfg = resolved_pipeline(cfg, data.choice.pipeline)
     settings = LoopSettings(cfg.to_dict(), manifest.class_names, preprocessing.to_dict(), progress, tracking,
-                            split_rows=data.split_rows, streams=data.streams)
+                            split_rows=data.split_rows, streams=data.streams,
+                            stream_records=data.records.folders if data.records else None)
     run_config = train_run_config(cfg, cfg.train.run_name, prepare_run_dir(cfg, output_dir, resume, progress))
     trainer = build_trainer(cfg, settings, data.datasets, run_config, train_fn)
     with watching_ctrl_c() as interrupted:
@@ -129,7 +133,7 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
                     for name in ("confusion_matrix", "errors", "per_class")})
     add_figures(tracking, figures)
     write_json(os.path.join(output_dir, "run.json"),
-               {**run_summary(cfg, outcome, time.perf_counter() - fit_started), **data.choice.as_dict()})
+               {**run_summary(cfg, outcome, time.perf_counter() - fit_started), **data.as_dict()})
     write_report(output_dir, f"cars_ray run {cfg.train.run_name}: {cfg.model.backbone}, {cfg.data.image_size} px")
     return outcome
 

@@ -86,14 +86,19 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     use_gpu = trial_cfg.train.use_gpu == "true" or (trial_cfg.train.use_gpu == "auto"
                                                     and ray.cluster_resources().get("GPU", 0) > 0)
     data = prepare_training_data(trial_cfg, table, preprocessing, use_gpu,
-                                 concurrency * trial_cfg.train.num_workers * trial_cfg.train.cpus_per_worker)
-    print(f"[cars_ray] data path {data.choice.reason}", flush=True)
+                                 concurrency * trial_cfg.train.num_workers * trial_cfg.train.cpus_per_worker,
+                                 output_dir=output_dir)
+    print(f"[cars_ray] data path {data.choice.reason}"
+          + (f"; stream source {data.stream_source}" if data.stream_source else ""), flush=True)
+    if data.records is not None:
+        print(f"[cars_ray] {data.records.summary()}", flush=True)
     cfg = resolved_pipeline(cfg, data.choice.pipeline)
     datasets = data.datasets
     storage = storage_dir(cfg, output_dir)
     shared = {"class_names": manifest.class_names, "preprocessing": preprocessing.to_dict(),
               "trial_storage": storage_join(storage, "trials"), "output_dir": output_dir,
-              "split_rows": data.split_rows, "streams": data.streams}
+              "split_rows": data.split_rows, "streams": data.streams,
+              "stream_records": data.records.folders if data.records else None}
     # The trial's driver only waits on its TorchTrainer, whose workers hold the trial's CPUs/GPUs;
     # a driver holding a CPU of its own would deadlock small clusters.
     trainable = tune.with_resources(

@@ -115,7 +115,8 @@ def trial_driver(params: dict[str, Any], base: dict, shared: dict, datasets: dic
     tracking = (TrackingTarget.resolve("mlflow", shared["output_dir"], f"{cfg.train.run_name}_search")
                 if cfg.train.tracking == "mlflow" else None)
     settings = LoopSettings(cfg.to_dict(), shared["class_names"], shared["preprocessing"], tracking=tracking,
-                            report_history_on_resume=True, split_rows=shared["split_rows"], streams=shared["streams"])
+                            report_history_on_resume=True, split_rows=shared["split_rows"], streams=shared["streams"],
+                            stream_records=shared["stream_records"])
     run_config = train_run_config(cfg, f"trial_{tune.get_context().get_trial_id()}", shared["trial_storage"],
                                   callbacks=[TuneReportCallback()])
     build_trainer(cfg, settings, datasets, run_config).fit()
