@@ -12,7 +12,8 @@ loaded the way a Serve replica loads it (``load_backend``, ONNX Runtime capped a
 - ``decode_model``: for each batch, ``--batch`` decodes of the JPEG serve_load sends (``Preprocessing.decode``,
   the ingress's own decode: EXIF, RGB, resize) one after the other, then ``backend.probs`` on their stack.
 
-Each is repeated for ``--seconds`` after a warm-up; the figure is images per second over that time.
+Each is repeated for ``--seconds`` after a warm-up; the figures are images per second over that time and the
+process's CPU milliseconds per image (every thread).
 ``--int8`` also times an int8 export of the checkpoint (``pipelines/export.py --int8``, calibrated on the
 demo sample: for speed only). Prints one JSON document and writes it to ``--out``.
 ``measure_ceiling`` is what serve_load calls before and after its load, so both figures come from one run.
@@ -31,15 +32,18 @@ import numpy as np
 from _common import DEFAULT_BACKBONE, DEFAULT_SIZE, sample_jpeg, write_checkpoint_for
 
 
-def images_per_second(step, images_per_step: int, seconds: float, warmup: int = 3) -> float:
-    """Images per second of ``step()`` (``images_per_step`` images each) repeated for ``seconds`` after ``warmup`` calls."""
+def images_per_second(step, images_per_step: int, seconds: float, warmup: int = 3) -> tuple[float, float]:
+    """(images per second, CPU milliseconds per image) of ``step()`` (``images_per_step`` images each) repeated
+    for ``seconds`` after ``warmup`` calls. The CPU time is this process's, every thread (ONNX Runtime's too):
+    on a shared machine it moves far less than the wall-clock rate, which is why serve_load compares it."""
     for _ in range(warmup):
         step()
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         step()
         steps += 1
-    return steps * images_per_step / (time.perf_counter() - start)
+    images = steps * images_per_step
+    return images / (time.perf_counter() - start), (time.process_time() - cpu_start) * 1000 / images
 
 
 def measure_ceiling(models: dict[str, str], payload: bytes, num_cpus: float, batch: int = 16,
@@ -49,7 +53,8 @@ def measure_ceiling(models: dict[str, str], payload: bytes, num_cpus: float, bat
     ``models`` maps a label (``onnx``, ``onnx-int8``, ``torch``) to a checkpoint directory or .onnx file;
     the label is the ``backend=`` the replica would be given. Threads: ``replica_threads(num_cpus)``, what a
     Classifier replica of ``num_cpus`` CPUs gives ONNX Runtime. Returns ``{"threads", "batch", "payload_bytes",
-    "load_average", "<label>": {"model_images_per_s", "decode_model_images_per_s", "decode_ms"}}``.
+    "load_average_before", "load_average_after", "<label>": {"model_images_per_s", "model_cpu_ms_per_image",
+    "decode_model_images_per_s", "decode_model_cpu_ms_per_image", "decode_ms", "decode_cpu_ms"}}``.
     """
     import torch
 
@@ -68,12 +73,13 @@ def measure_ceiling(models: dict[str, str], payload: bytes, num_cpus: float, bat
         def decode_batch() -> np.ndarray:
             return np.stack([preprocessing.decode(payload, max_pixels=DEFAULT_MAX_PIXELS) for _ in range(batch)])
 
-        decode_rate = images_per_second(decode_batch, batch, min(seconds, 2.0))
-        result[label] = {
-            "model_images_per_s": round(images_per_second(lambda: backend.probs(decoded), batch, seconds), 1),
-            "decode_model_images_per_s": round(images_per_second(lambda: backend.probs(decode_batch()), batch, seconds), 1),
-            "decode_ms": round(1000 / decode_rate, 2),
-        }
+        decode_rate, decode_cpu = images_per_second(decode_batch, batch, min(seconds, 2.0))
+        model_rate, model_cpu = images_per_second(lambda: backend.probs(decoded), batch, seconds)
+        both_rate, both_cpu = images_per_second(lambda: backend.probs(decode_batch()), batch, seconds)
+        result[label] = {"model_images_per_s": round(model_rate, 1), "model_cpu_ms_per_image": round(model_cpu, 2),
+                         "decode_model_images_per_s": round(both_rate, 1),
+                         "decode_model_cpu_ms_per_image": round(both_cpu, 2),
+                         "decode_ms": round(1000 / decode_rate, 2), "decode_cpu_ms": round(decode_cpu, 2)}
     result["load_average_after"] = os.getloadavg()[0]
     return result
 

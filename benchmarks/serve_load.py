@@ -18,7 +18,12 @@ batching setting, the app is deployed on a local Ray instance, then:
 ``model_ceiling.measure_ceiling`` (decode + preprocess + model, and the model alone, in a bare loop on the
 threads of a replica of --ceiling-cpus CPUs) runs before and after the loads, in this process, while the app
 is deployed but idle; each load's ``of_ceiling`` is its requests/s over the mean of the two decode + model
-figures of its backend. The load average is recorded with every figure: on a shared machine compare ratios.
+figures of its backend. Each load also counts the CPU time of every process of the Ray instance (proxy,
+ingress, replicas, controller, Ray's own), per answered request: ``cpu_of_ceiling`` is the bare loop's CPU
+per image over it, the share of the serving CPU that goes to decode + model. On an otherwise idle machine the
+two ratios agree; on a shared one the wall-clock ratio is meaningless (a single loop and several Serve
+processes get different shares of the cores) and the CPU ratio is the one to read. The load average is
+recorded with every figure.
 --serve-env sets Ray Serve's own switches in the environment of the Ray instance it starts:
 ``throughput`` is RAY_SERVE_THROUGHPUT_OPTIMIZED=1, ``haproxy`` adds RAY_SERVE_ENABLE_HA_PROXY=1 (which binds
 the ingress replicas' ports on every interface). Serve's replica count is sampled once a second throughout,
@@ -42,6 +47,39 @@ from serve.loadtest import load_with_replica_kill, run_load, running_replicas
 
 SERVE_ENVS = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
               "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
+
+
+def ray_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by every live process of the Ray instance this driver started
+    (its descendants: GCS, raylet, Serve's controller, proxy and replicas, Ray's agents), read from /proc.
+    The load's clients are threads of this process, so they are not counted."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, todo = 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        total += (int(stats[pid][11]) + int(stats[pid][12])) / tick  # utime, stime (fields 14, 15 of stat)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def measured_load(url: str, payload: bytes, clients: int, duration: float, max_requests: int | None = None) -> dict:
+    """``run_load`` with the Ray instance's CPU milliseconds per answered request and the load average."""
+    cpu_before = ray_cpu_seconds()
+    load = run_load(url, payload, clients, duration, max_requests)
+    cpu = ray_cpu_seconds() - cpu_before
+    return {**load, "ray_cpu_s": round(cpu, 1), "ray_cpu_ms_per_request": round(cpu * 1000 / max(1, load["requests"]), 2),
+            "load_average": os.getloadavg()[0]}
 
 
 def free_port() -> int:
@@ -134,7 +172,7 @@ def main() -> None:
         label = requests_json(url.replace("/predict", "/health"))["backend"]
         cold = None
         if args.cold_requests:
-            cold = {**run_load(url, payload, args.clients[0], 600, args.cold_requests), "load_average": os.getloadavg()[0]}
+            cold = measured_load(url, payload, args.clients[0], 600, args.cold_requests)
             print(json.dumps({"cold": cold}), flush=True)
         ceiling_before = measure_ceiling({label: model}, payload, args.ceiling_cpus, seconds=args.ceiling_seconds)
         print(json.dumps({"ceiling_before": ceiling_before}), flush=True)
@@ -145,7 +183,7 @@ def main() -> None:
         sampler.start()
         loads = []
         for clients in args.clients:
-            load = {**run_load(url, payload, clients, args.duration), "load_average": os.getloadavg()[0]}
+            load = measured_load(url, payload, clients, args.duration)
             load["batching"], load["backend"] = batching, label
             loads.append(load)
             print(json.dumps(load), flush=True)
@@ -155,11 +193,17 @@ def main() -> None:
         ceiling_after = measure_ceiling({label: model}, payload, args.ceiling_cpus, seconds=args.ceiling_seconds)
         print(json.dumps({"ceiling_after": ceiling_after}), flush=True)
         ceiling = (ceiling_before[label]["decode_model_images_per_s"] + ceiling_after[label]["decode_model_images_per_s"]) / 2
+        ceiling_cpu = (ceiling_before[label]["decode_model_cpu_ms_per_image"]
+                       + ceiling_after[label]["decode_model_cpu_ms_per_image"]) / 2
         for load in loads + ([cold] if cold else []):
             load["of_ceiling"] = round(load["throughput_rps"] / ceiling, 3)
+            # the CPU the bare loop spends per image over what serving spent per request: on a machine the load
+            # keeps busy this is the rate ratio, and unlike it, it hardly moves when other work shares the cores
+            load["cpu_of_ceiling"] = round(ceiling_cpu / load["ray_cpu_ms_per_request"], 3)
         results["runs"].append({"backend": label, "batching": batching, "cold": cold, "loads": loads,
                                 "ceiling_before": ceiling_before, "ceiling_after": ceiling_after,
                                 "decode_model_ceiling_images_per_s": round(ceiling, 1),
+                                "decode_model_ceiling_cpu_ms_per_image": round(ceiling_cpu, 2),
                                 "replicas_over_time": samples,
                                 "max_replicas_seen": max((n for _, n in samples), default=0),
                                 "replicas_at_end": samples[-1][1] if samples else None})
@@ -172,12 +216,13 @@ def main() -> None:
             handle.write(text + "\n")
     print(text)
     print(f"\n{'backend':10} {'batching':8} {'run':5} {'clients':>7} {'req/s':>8} {'ceiling':>8} {'ratio':>6} "
-          f"{'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'load':>5}")
+          f"{'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'load':>5} {'cpu ms/req':>10} {'ceiling cpu ms':>14} {'cpu ratio':>9}")
     for run in results["runs"]:
         for name, load in [("cold", run["cold"])] * bool(run["cold"]) + [("warm", load) for load in run["loads"]]:
             print(f"{run['backend']:10} {run['batching']:8} {name:5} {load['clients']:7d} {load['throughput_rps']:8.1f} "
                   f"{run['decode_model_ceiling_images_per_s']:8.1f} {load['of_ceiling']:6.2f} {load['p50_ms'] or 0:8.1f} "
-                  f"{load['p95_ms'] or 0:8.1f} {load['errors']:6d} {load['load_average']:5.1f}")
+                  f"{load['p95_ms'] or 0:8.1f} {load['errors']:6d} {load['load_average']:5.1f} {load['ray_cpu_ms_per_request']:10.1f} "
+                  f"{run['decode_model_ceiling_cpu_ms_per_image']:14.1f} {load['cpu_of_ceiling']:9.2f}")
 
 
 def requests_json(url: str) -> dict:
