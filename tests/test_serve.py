@@ -212,6 +212,11 @@ def test_cpu_replica_serves_the_checked_onnx_export_of_a_checkpoint(served, chec
     assert health["backend"] == "onnx" and "(onnx)" in health["model"]
     cached = list((checkpoint / "onnx").glob("*.onnx"))
     assert len(cached) == 1 and not list((checkpoint / "onnx").glob("*unchecked*"))
+    from cars_ray.export import OnnxClassifier
+
+    # a replica's capped session sleeps its idle threads (they would spin on cores the proxy and ingress share)
+    capped = OnnxClassifier(str(cached[0]), num_threads=1).session.get_session_options()
+    assert capped.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_backend_choice_overrides_and_refusals(checkpoint, tmp_path):
