@@ -103,10 +103,12 @@ class Classifier:
     """A model replica: takes an upload's bytes, decodes them, and groups concurrent images into one forward
     pass with ``@serve.batch``.
 
-    The replica decodes, not the ingress: the bytes sent (a JPEG of a few KB) are 20x smaller than the decoded
-    150 KB array, which, above Ray's 100 KB inline limit, went through the object store on every request. Decode
-    and forward pass run in worker threads (Pillow and ONNX Runtime release the GIL), so the replica's event
-    loop keeps taking requests, and forming the next batch, while a batch runs.
+    The replica decodes, not the ingress. The bytes it is sent are usually far smaller than the decoded array
+    (benchmarks/serve_load.py's 6.8 KB JPEG against 150 KB at 224 px). Such an array is over Ray's 100 KB inline
+    limit, so before this it went through the object store on every request. A photo larger than the array
+    goes through the object store either way. Decode and forward pass run in worker threads (Pillow and ONNX
+    Runtime release the GIL), so the replica's event loop keeps taking requests, and forming the next batch,
+    while a batch runs.
     """
 
     def __init__(self, model_path: str, batching: bool = True, max_batch_size: int = 16,
