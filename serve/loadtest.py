@@ -74,9 +74,12 @@ def run_load(url: str, payload: bytes, clients: int, duration: float, max_reques
 
 def replica_actors(app: str, deployment: str = "Classifier") -> list:
     """The live replica actors of one deployment of a Serve application."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    # this driver's own Ray instance by its GCS address: without one the state API refuses to choose when
+    # several Ray instances run on the machine (start_local_ray pins RAY_ADDRESS in Ray's processes, not here)
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
     return [a for a in alive if a.class_name.endswith(f"{app}:{deployment}")]
 
 
