@@ -17,6 +17,7 @@ included (unknown route, wrong method, validation), is ``{"error": "<one sentenc
 
 import asyncio
 import os
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -123,16 +124,56 @@ def replica_cpus() -> float:
     return ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
 
 
+def replica_threads(num_cpus: float) -> int:
+    """ONNX Runtime's intra-op threads in a replica of ``num_cpus`` CPUs: the CPUs rounded, at least one
+    (1.75 CPUs -> 2 threads, 0.5 -> 1), so replicas sharing a machine do not oversubscribe its cores."""
+    return max(1, round(num_cpus))
+
+
+class UserInputError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an upload is not a usable image: the HTTP status and the sentence, as the model replica returns them
+    to the ingress (a value, not an exception: no traceback is built, logged or pickled per bad image)."""
+    status: int
+    message: str
+
+
+def decode_upload(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray:
+    """An upload's bytes as the model's uint8 (resize, resize, 3) input (``Preprocessing.decode``); raises
+    UserInputError: 413 for an image over ``max_pixels`` (a decompression bomb), 400 for anything unreadable."""
+    try:
+        return preprocessing.decode(data, max_pixels=max_pixels)
+    except ImageError as err:
+        status = 413 if str(err).startswith("too large") else 400
+        raise UserInputError(status, f"the upload is not a usable image ({err})") from None
+
+
 @serve.deployment(name="Classifier", max_ongoing_requests=32)
 class Classifier:
-    """A model replica; concurrent requests are grouped into one forward pass by ``@serve.batch``."""
+    """A model replica: takes an upload's bytes, decodes them, and groups concurrent images into one forward
+    pass with ``@serve.batch``.
+
+    The replica decodes, not the ingress. The bytes it is sent are usually far smaller than the decoded array
+    (benchmarks/serve_load.py's 6.8 KB JPEG against 150 KB at 224 px). Such an array is over Ray's 100 KB inline
+    limit, so before this it went through the object store on every request. A photo larger than the array
+    goes through the object store either way. Decode and forward pass run in worker threads (Pillow and ONNX
+    Runtime release the GIL), so the replica's event loop keeps taking requests, and forming the next batch,
+    while a batch runs.
+    """
 
     def __init__(self, args: ServeArgs):
         from cars_ray.inference.model import LoadedModel
 
         # ONNX Runtime gets as many threads as the replica has CPUs, so replicas sharing a machine do not
         # oversubscribe its cores; a checkpoint on a CPU replica runs its cached, parity-checked ONNX export.
-        self.model = LoadedModel.open(args.checkpoint, args.backend, num_threads=max(1, round(replica_cpus())))
+        self.model = LoadedModel.open(args.checkpoint, args.backend, num_threads=replica_threads(replica_cpus()))
+        self.max_pixels = args.max_pixels
         self.batching = args.batching
         # The decorator holds the defaults (the same values); the replica's own arguments take effect here.
         self.predict_batched.set_max_batch_size(args.max_batch_size)
@@ -142,14 +183,20 @@ class Classifier:
         return {"model": self.model.name, "backend": self.model.kind, "class_names": self.model.class_names,
                 "preprocessing": self.model.preprocessing.to_dict()}
 
-    async def predict(self, image: np.ndarray) -> np.ndarray:
+    async def classify(self, data: bytes) -> np.ndarray | Refusal:
+        """Class probabilities, float32 (num_classes,), of one upload's bytes; a Refusal when they are not a
+        usable image (empty, not an image, truncated, over max_pixels, an extreme aspect ratio)."""
+        try:
+            image = await asyncio.to_thread(decode_upload, data, self.model.preprocessing, self.max_pixels)
+        except UserInputError as err:
+            return Refusal(err.status, str(err))
         if self.batching:
             return await self.predict_batched(image)
-        return self.model.probs(image[None])[0]
+        return (await asyncio.to_thread(self.model.probs, image[None]))[0]
 
     @serve.batch(max_batch_size=_default("max_batch_size"), batch_wait_timeout_s=_default("batch_wait_timeout_s"))
     async def predict_batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.model.probs(np.stack(images)))
+        return list(await asyncio.to_thread(self.model.probs, np.stack(images)))
 
 
 api = FastAPI(title="cars_ray classifier", description="Fine-grained car model recognition (Stanford Cars classes).")
@@ -176,12 +223,6 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     where = ".".join(str(part) for part in first.get("loc", ())) or "the request"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}{more}"}, status_code=422)
-
-
-class UserInputError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, bytes]]:
@@ -230,17 +271,15 @@ def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, by
 @serve.deployment(name="CarsAPI", max_ongoing_requests=64)
 @serve.ingress(api)
 class CarsAPI:
-    def __init__(self, classifier: DeploymentHandle, max_body_bytes: int, max_pixels: int, max_files: int):
+    def __init__(self, classifier: DeploymentHandle, max_body_bytes: int, max_files: int):
         self.classifier = classifier
         self.max_body_bytes = max_body_bytes
-        self.max_pixels = max_pixels
         self.max_files = max_files
         self._info: dict[str, Any] | None = None
 
     async def info(self) -> dict[str, Any]:
         if self._info is None:
-            info = await self.classifier.info.remote()
-            self._info = {**info, "preprocessing": Preprocessing.from_dict(info["preprocessing"], "the model replica")}
+            self._info = await self.classifier.info.remote()
         return self._info
 
     @api.get("/health")
@@ -272,12 +311,11 @@ class CarsAPI:
                 filename, data = uploads[0]
                 if not data:
                     raise UserInputError(400, "the request has no image: the body (or the 'file' field) is empty")
-                image = await self.decode_async(data, info["preprocessing"])
+                probs = await self.classify(data)
         except UserInputError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
         if len(uploads) == 1:
-            return {"model": info["model"], "filename": filename,
-                    "predictions": self.top_classes(await self.classifier.predict.remote(image), k, info)}
+            return {"model": info["model"], "filename": filename, "predictions": self.top_classes(probs, k, info)}
         return {"model": info["model"], "results": await asyncio.gather(
             *[self.predict_part(filename, data, k, info) for filename, data in uploads])}
 
@@ -286,19 +324,23 @@ class CarsAPI:
         try:
             if not data:
                 raise UserInputError(400, "the part is empty")
-            image = await self.decode_async(data, info["preprocessing"])
+            probs = await self.classify(data)
         except UserInputError as err:
             return {"filename": filename, "error": str(err)}
-        return {"filename": filename, "predictions": self.top_classes(await self.classifier.predict.remote(image), k, info)}
+        return {"filename": filename, "predictions": self.top_classes(probs, k, info)}
+
+    async def classify(self, data: bytes) -> np.ndarray:
+        """The model replica's probabilities for one upload's bytes; UserInputError where it refused them."""
+        result = await self.classifier.classify.remote(data)
+        if isinstance(result, Refusal):
+            raise UserInputError(result.status, result.message)
+        return result
 
     @staticmethod
     def top_classes(probs: np.ndarray, k: int, info: dict[str, Any]) -> list[dict[str, Any]]:
         order = np.argsort(-probs)[:k]
         return [{"class_id": int(i) + 1, "class_name": info["class_names"][i], "probability": float(probs[i])}
                 for i in order]
-
-    async def decode_async(self, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(None, self.decode, data, preprocessing)
 
     @staticmethod
     def parse_topk(topk: str | None, num_classes: int) -> int:
@@ -338,13 +380,6 @@ class CarsAPI:
                 raise UserInputError(413, f"the request body exceeds the limit of {self.max_body_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-    def decode(self, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
-        try:
-            return preprocessing.decode(data, max_pixels=self.max_pixels)
-        except ImageError as err:
-            status = 413 if str(err).startswith("too large") else 400
-            raise UserInputError(status, f"the upload is not a usable image ({err})") from None
 
 
 def replica_resources(args: ServeArgs, has_gpu: bool) -> dict[str, float]:
@@ -389,4 +424,4 @@ def build(args: ServeArgs) -> serve.Application:
         logging_config=logging_config(args),
     ).bind(args)
     return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}, logging_config=logging_config(args)).bind(
-        classifier, args.max_body_bytes, args.max_pixels, args.max_files)
+        classifier, args.max_body_bytes, args.max_files)

@@ -37,12 +37,14 @@ def closed_loop(url: str, payload: bytes, clients: int, until: Callable[[], bool
         thread.join()
 
 
-def run_load(url: str, payload: bytes, clients: int, duration: float) -> dict:
-    """Throughput, p50/p95 latency and errors of ``clients`` closed-loop clients for ``duration`` seconds."""
+def run_load(url: str, payload: bytes, clients: int, duration: float, max_requests: int | None = None) -> dict:
+    """Throughput, p50/p95 latency and errors of ``clients`` closed-loop clients for ``duration`` seconds, or
+    until ``max_requests`` requests have been sent (answered or failed), whichever comes first."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     stop_at = time.perf_counter() + duration
+    sent = [0]
 
     def record(ok: bool, seconds: float) -> None:
         with lock:
@@ -51,8 +53,17 @@ def run_load(url: str, payload: bytes, clients: int, duration: float) -> dict:
             else:
                 errors[0] += 1
 
+    def done() -> bool:
+        if time.perf_counter() >= stop_at:
+            return True
+        if max_requests is None:
+            return False
+        with lock:
+            sent[0] += 1
+            return sent[0] > max_requests
+
     started = time.perf_counter()
-    closed_loop(url, payload, clients, lambda: time.perf_counter() >= stop_at, record)
+    closed_loop(url, payload, clients, done, record)
     wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {"clients": clients, "requests": len(latencies), "errors": errors[0], "seconds": round(wall, 1),
@@ -63,9 +74,12 @@ def run_load(url: str, payload: bytes, clients: int, duration: float) -> dict:
 
 def replica_actors(app: str, deployment: str = "Classifier") -> list:
     """The live replica actors of one deployment of a Serve application."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    # this driver's own Ray instance by its GCS address: without one the state API refuses to choose when
+    # several Ray instances run on the machine (start_local_ray pins RAY_ADDRESS in Ray's processes, not here)
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], limit=1000)
     return [a for a in alive if a.class_name.endswith(f"{app}:{deployment}")]
 
 

@@ -15,7 +15,6 @@ import resource
 import struct
 import unicodedata
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -197,10 +196,9 @@ def test_malformed_exif_is_ignored_with_a_note(tmp_path):
 
 
 def _serve_decode():
-    from serve.app import CarsAPI
+    from serve.app import decode_upload
 
-    api = CarsAPI.func_or_class
-    return lambda data, preprocessing: api.decode(SimpleNamespace(max_pixels=89_478_485), data, preprocessing)
+    return lambda data, preprocessing: decode_upload(data, preprocessing, max_pixels=89_478_485)
 
 
 @pytest.mark.parametrize("width, height", [(32000, 1), (1, 32000), (20_000_000, 1)])

@@ -212,6 +212,11 @@ def test_cpu_replica_serves_the_checked_onnx_export_of_a_checkpoint(served, chec
     assert health["backend"] == "onnx" and "(onnx)" in health["model"]
     cached = list((checkpoint / "onnx").glob("*.onnx"))
     assert len(cached) == 1 and not list((checkpoint / "onnx").glob("*unchecked*"))
+    from cars_ray.inference.onnx import OnnxSession
+
+    # a replica's capped session sleeps its idle threads (they would spin on cores the proxy and ingress share)
+    capped = OnnxSession(str(cached[0]), num_threads=1).session.get_session_options()
+    assert capped.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_backend_choice_overrides_and_refusals(checkpoint, tmp_path):
@@ -285,3 +290,45 @@ def test_replica_killed_under_load_recovers(served):
     assert outcome["recovered_s"] is not None and outcome["recovered_s"] < 90, outcome
     assert outcome["ok_before_kill"] > 0 and outcome["failed_until_recovered"] <= 16, outcome
     assert outcome["ok_after_recovery"] > 0 and outcome["failed_after_recovery"] == 0, outcome
+
+
+def test_model_replica_decodes_bytes_batches_them_and_returns_refusals_as_values(checkpoint, monkeypatch):
+    """In process, no Ray: the Classifier takes an upload's bytes (the ingress no longer sends a decoded
+    150 KB array), answers concurrent uploads through one @serve.batch, and hands a bad upload back as a
+    Refusal (status and sentence) for the ingress to answer, not as an exception."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import numpy as np
+    import ray
+
+    from serve.app import Classifier, Refusal, ServeArgs, replica_threads
+
+    from ray import serve
+
+    # what a replica's process would answer: its CPUs, and (for @serve.batch's check) its deployment config
+    monkeypatch.setattr(ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_assigned_resources=lambda: {"CPU": 1.75}))
+    monkeypatch.setattr(serve, "get_replica_context",
+                        lambda: SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=32)))
+    replica = Classifier.func_or_class(ServeArgs(checkpoint=str(checkpoint), batching=True, max_batch_size=4,
+                                                 batch_wait_timeout_s=0.05, backend="torch", max_pixels=12_000))
+    batch_sizes: list[int] = []
+    probs_of = replica.model.probs
+    object.__setattr__(replica.model, "probs", lambda images: batch_sizes.append(len(images)) or probs_of(images))
+    good, other = jpeg_bytes(seed=1), jpeg_bytes(seed=2)
+
+    async def answers():
+        return await asyncio.gather(*[replica.classify(data) for data in (good, other, good, b"not an image", b"")])
+
+    results = asyncio.run(answers())
+    assert [type(r) for r in results] == [np.ndarray] * 3 + [Refusal] * 2
+    assert results[0].shape == (len(CLASS_NAMES),) and results[0].dtype == np.float32
+    np.testing.assert_allclose(results[0], results[2], atol=1e-6)
+    assert not np.allclose(results[0], results[1]) and abs(float(results[0].sum()) - 1) < 1e-5
+    assert sorted(batch_sizes, reverse=True)[0] == 3, batch_sizes  # the three images went in one batch
+    assert results[3].status == 400 and results[3].message.startswith("the upload is not a usable image")
+    # a decompression bomb: over max_pixels (12,000 here; the others are 120x90) is a 413, as at the ingress before
+    big = asyncio.run(replica.classify(jpeg_bytes(size=(200, 100))))
+    assert isinstance(big, Refusal) and big.status == 413
+    assert [replica_threads(c) for c in (0.25, 0.5, 1, 1.75, 4)] == [1, 1, 1, 2, 4]

@@ -98,6 +98,10 @@ class OnnxSession:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            # Idle intra-op threads sleep instead of spinning: a capped session shares its cores (a Serve replica
+            # with the proxy, the ingress and other replicas), and spinning threads took the CPU those needed
+            # (2-core machine, Lite2 batch 16: 45-58 CPU ms per image spinning, 28-31 not; docs/benchmarks.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own assorted types for unreadable files
