@@ -4,11 +4,13 @@
     serve deploy serve/config.yaml                                 # cluster
 
 Routes: POST /predict (a raw image body, or multipart/form-data with one or several parts named ``file``;
-``?topk=5``), GET /health, GET /classes, GET / (a page to drop photos and see their top-5), GET /docs (OpenAPI).
-The checkpoint (or exported .onnx) brings its class names and preprocessing.
+``topk`` and, for one image, ``box=x1,y1,x2,y2`` as query parameters or form fields), GET /health, GET /classes,
+GET / (a page to drop photos, drag a box over one and see its top-5), GET /docs (OpenAPI).
+The checkpoint (or exported .onnx) brings its class names, preprocessing and training protocol.
 
-Answers of POST /predict: one image (a raw body, or one ``file`` part) gets ``{"model", "filename",
-"predictions": [{"class_id", "class_name", "probability"}, ...]}`` (``filename``: the part's, or null);
+Answers of POST /predict: one image (a raw body, or one ``file`` part) gets ``{"model", "filename", "box",
+"predictions": [{"class_id", "class_name", "probability"}, ...]}`` (``filename``: the part's, or null; ``box``:
+the crop classified, or null for the whole image);
 several ``file`` parts (up to ``max_files``) get ``{"model", "results": [{"filename", "predictions"} or
 {"filename", "error"}, ...]}``, one result per part in the order sent. Every 4xx answer, FastAPI's own
 included (unknown route, wrong method, validation), is ``{"error": "<one sentence>"}``.
@@ -16,6 +18,7 @@ included (unknown route, wrong method, validation), is ``{"error": "<one sentenc
 
 
 import asyncio
+import dataclasses
 import os
 from importlib import resources
 from typing import Any
@@ -29,7 +32,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cars_ray.errors import ImageError
+from cars_ray.data.images import parse_box
+from cars_ray.errors import BoxError, ImageError
 from cars_ray.preprocessing import Preprocessing
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -48,6 +52,9 @@ class ClassScore(BaseModel):
 class Prediction(BaseModel):
     model: str
     filename: str | None = None  # the multipart part's filename; null for a raw body or a part without one
+    # The crop classified, [left, top, right, bottom] in whole pixels of the upright photo: the request's box grown
+    # by the model's box_margin and clamped to the photo, as training cropped. Null: the whole photo.
+    box: list[int] | None = None
     predictions: list[ClassScore]
 
 
@@ -131,12 +138,12 @@ class UserInputError(Exception):
         self.status = status
 
 
-def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, bytes]]:
+def multipart_files(content_type: str, body: bytes) -> tuple[list[tuple[str | None, bytes]], dict[str, list[str]]]:
     """(filename, bytes) of every part named ``file`` of a multipart/form-data ``body``, in order, read with
     python-multipart (the parser Starlette uses) so that a part without a filename, or with an empty one,
     is a file like any other (RFC 7578 allows it; Starlette's form would turn it into text). The filename
-    is None when the part has none. Raises UserInputError(400) for a body that is not multipart or has
-    no 'file' part."""
+    is None when the part has none. Also the other parts, as text by name (``topk``, ``box``). Raises
+    UserInputError(400) for a body that is not multipart or has no 'file' part."""
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -163,15 +170,37 @@ def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, by
         parser.finalize()
     except MultipartParseError as err:
         raise UserInputError(400, f"the multipart/form-data body cannot be parsed ({err})") from None
-    files = []
+    files, fields = [], {}
     for part in parts:
         _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
         if options.get(b"name") == b"file":
             filename = options.get(b"filename")
             files.append((filename.decode("utf-8", "replace") if filename else None, bytes(part["data"])))
+        elif options.get(b"name"):
+            name = options[b"name"].decode("utf-8", "replace")
+            fields.setdefault(name, []).append(bytes(part["data"]).decode("utf-8", "replace"))
     if not files:
         raise UserInputError(400, "the multipart form has no 'file' field with an image")
-    return files
+    return files, fields
+
+
+def one_setting(name: str, query: str | None, fields: dict[str, list[str]]) -> str | None:
+    """The value of a request setting (``topk``, ``box``) given as a query parameter or as a form field, or
+    None; given twice (both ways, or one field repeated) is a 422 naming it, never a silent choice."""
+    given = ([query] if query is not None else []) + fields.get(name, [])
+    if len(given) > 1:
+        raise UserInputError(422, f"{name} is given {len(given)} times (query parameter and form fields); give it once")
+    return given[0] if given else None
+
+
+def request_box(text: str | None) -> tuple[float, float, float, float] | None:
+    """The ``box`` setting as (x1, y1, x2, y2), or None when absent; a malformed or empty one is a 422."""
+    if text is None:
+        return None
+    try:
+        return parse_box(text, "box")
+    except BoxError as err:
+        raise UserInputError(422, f"{err} (box=x1,y1,x2,y2 in pixels of the uploaded photo)") from None
 
 
 @serve.deployment(name="CarsAPI", max_ongoing_requests=64)
@@ -188,13 +217,19 @@ class CarsAPI:
     async def info(self) -> dict[str, Any]:
         if self._info is None:
             info = await self.classifier.info.remote()
-            self._info = {**info, "preprocessing": Preprocessing.from_dict(info["preprocessing"], "the model replica")}
+            preprocessing = Preprocessing.from_dict(info["preprocessing"], "the model replica")
+            # A request's box is on the photo as the user sees it (the page draws it over the shown, upright
+            # photo), whatever frame the training annotations used; margin and clamping stay the model's.
+            self._info = {**info, "preprocessing": dataclasses.replace(preprocessing, box_frame="upright"),
+                          "protocol": preprocessing.protocol}
         return self._info
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
+        """The model, its backend, class count and training protocol ("box crops" or "whole images")."""
         info = await self.info()
-        return {"status": "ok", "model": info["model"], "backend": info["backend"], "num_classes": len(info["class_names"])}
+        return {"status": "ok", "model": info["model"], "backend": info["backend"], "num_classes": len(info["class_names"]),
+                "protocol": info["protocol"]}
 
     @api.get("/classes")
     async def classes(self) -> dict[str, Any]:
@@ -209,22 +244,27 @@ class CarsAPI:
     @api.post("/predict", response_model=Prediction | Predictions,
               responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 405: {"model": ErrorBody},
                          413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-    async def predict(self, request: Request, topk: str | None = None):
-        """One image (raw body or one 'file' part): Prediction. Several 'file' parts: Predictions, a result
+    async def predict(self, request: Request, topk: str | None = None, box: str | None = None):
+        """One image (raw body or one 'file' part): Prediction, of the crop to ``box`` when one is given
+        (query parameter or form field ``box=x1,y1,x2,y2``). Several 'file' parts: Predictions, a result
         (predictions, or the error of that part) per part in the order sent, up to max_files."""
         try:
             info = await self.info()
-            k = self.parse_topk(topk, len(info["class_names"]))
-            uploads = await self.read_uploads(request)
+            uploads, fields = await self.read_uploads(request)
+            k = self.parse_topk(one_setting("topk", topk, fields), len(info["class_names"]))
+            crop_box = request_box(one_setting("box", box, fields))
+            if crop_box is not None and len(uploads) > 1:
+                raise UserInputError(422, f"box applies to one photo, but the request has {len(uploads)} 'file' "
+                                          "parts: send each photo with its box in a request of its own")
             if len(uploads) == 1:
                 filename, data = uploads[0]
                 if not data:
                     raise UserInputError(400, "the request has no image: the body (or the 'file' field) is empty")
-                image = await self.decode_async(data, info["preprocessing"])
+                image, used = await self.decode_async(data, info["preprocessing"], crop_box)
         except UserInputError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
         if len(uploads) == 1:
-            return {"model": info["model"], "filename": filename,
+            return {"model": info["model"], "filename": filename, "box": list(used) if used else None,
                     "predictions": self.top_classes(await self.classifier.predict.remote(image), k, info)}
         return {"model": info["model"], "results": await asyncio.gather(
             *[self.predict_part(filename, data, k, info) for filename, data in uploads])}
@@ -234,7 +274,7 @@ class CarsAPI:
         try:
             if not data:
                 raise UserInputError(400, "the part is empty")
-            image = await self.decode_async(data, info["preprocessing"])
+            image, _ = await self.decode_async(data, info["preprocessing"], None)
         except UserInputError as err:
             return {"filename": filename, "error": str(err)}
         return {"filename": filename, "predictions": self.top_classes(await self.classifier.predict.remote(image), k, info)}
@@ -245,8 +285,9 @@ class CarsAPI:
         return [{"class_id": int(i) + 1, "class_name": info["class_names"][i], "probability": float(probs[i])}
                 for i in order]
 
-    async def decode_async(self, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(None, self.decode, data, preprocessing)
+    async def decode_async(self, data: bytes, preprocessing: Preprocessing,
+                           box: tuple[float, float, float, float] | None) -> tuple[np.ndarray, tuple | None]:
+        return await asyncio.get_running_loop().run_in_executor(None, self.decode, data, preprocessing, box)
 
     @staticmethod
     def parse_topk(topk: str | None, num_classes: int) -> int:
@@ -260,21 +301,22 @@ class CarsAPI:
             raise UserInputError(422, f"topk must be from 1 to {num_classes}, got {k}")
         return k
 
-    async def read_uploads(self, request: Request) -> list[tuple[str | None, bytes]]:
+    async def read_uploads(self, request: Request) -> tuple[list[tuple[str | None, bytes]], dict[str, list[str]]]:
         """(filename, bytes) of each image sent: the raw body (filename None), or every multipart part
-        named 'file', in order; more than ``max_files`` parts is a 413 naming the count and the limit."""
+        named 'file', in order; more than ``max_files`` parts is a 413 naming the count and the limit. And
+        the form's other fields by name (none for a raw body)."""
         content_type = request.headers.get("content-type", "").lower()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise UserInputError(413, f"the request body is {int(declared)} bytes; the limit is {self.max_body_bytes}")
         if content_type.startswith("multipart/form-data"):
-            files = multipart_files(request.headers.get("content-type", ""), await self.read_body(request))
+            files, fields = multipart_files(request.headers.get("content-type", ""), await self.read_body(request))
             if len(files) > self.max_files:
                 raise UserInputError(413, f"the request has {len(files)} 'file' parts; the limit is {self.max_files} "
                                           "per request: send the rest in further requests")
-            return files
+            return files, fields
         if content_type.startswith(IMAGE_TYPES) or not content_type:
-            return [(None, await self.read_body(request))]
+            return [(None, await self.read_body(request))], {}
         raise UserInputError(415, f"content type {content_type!r} is not accepted; send an image body "
                                   "(image/jpeg, image/png, ...) or multipart/form-data with a 'file' field")
 
@@ -287,9 +329,14 @@ class CarsAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def decode(self, data: bytes, preprocessing: Preprocessing) -> np.ndarray:
+    def decode(self, data: bytes, preprocessing: Preprocessing,
+               box: tuple[float, float, float, float] | None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """The shared decode (:meth:`Preprocessing.decode_crop`: the training crop when ``box`` is given) and the
+        crop it took; a box wholly outside the photo is a 422, an unusable image a 400 (413 when too large)."""
         try:
-            return preprocessing.decode(data, max_pixels=self.max_pixels)
+            return preprocessing.decode_crop(data, box, max_pixels=self.max_pixels)
+        except BoxError as err:
+            raise UserInputError(422, f"box does not fit the photo ({err})") from None
         except ImageError as err:
             status = 413 if str(err).startswith("too large") else 400
             raise UserInputError(status, f"the upload is not a usable image ({err})") from None
