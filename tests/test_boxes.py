@@ -15,16 +15,13 @@ from cars_ray.config import load_config
 from cars_ray.data.images import parse_box
 from cars_ray.errors import BoxError, ConfigError, DataError
 from cars_ray.preprocessing import Preprocessing
+from helpers.data import two_tone
 
 PREP = Preprocessing(image_size=32, resize=32, crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def two_tone_png(path, size=(120, 90)) -> None:
-    """Left half red, right half blue, lossless: a crop's decode can be compared pixel for pixel."""
-    array = np.zeros((size[1], size[0], 3), np.uint8)
-    array[:, : size[0] // 2] = (220, 20, 20)
-    array[:, size[0] // 2:] = (20, 20, 220)
-    Image.fromarray(array).save(path)
+    two_tone(size).save(path)  # lossless: a crop's decode can be compared pixel for pixel
 
 
 @pytest.mark.parametrize("given, words", [
