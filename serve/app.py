@@ -11,8 +11,8 @@ The checkpoint (or exported .onnx) brings its class names, preprocessing and tra
 Answers of POST /predict: one image (a raw body, or one ``file`` part) gets ``{"model", "filename", "box",
 "predictions": [{"class_id", "class_name", "probability"}, ...]}`` (``filename``: the part's, or null; ``box``:
 the crop classified, or null for the whole image);
-several ``file`` parts (up to ``max_files``) get ``{"model", "results": [{"filename", "predictions"} or
-{"filename", "error"}, ...]}``, one result per part in the order sent. Every 4xx answer, FastAPI's own
+several ``file`` parts (up to ``max_files``) get ``{"model", "results": [{"filename", "predictions", "error"},
+...]}``, one result per part in the order sent, ``predictions`` or ``error`` null (the one that does not apply). Every 4xx answer, FastAPI's own
 included (unknown route, wrong method, validation), is ``{"error": "<one sentence>"}``.
 """
 

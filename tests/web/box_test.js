@@ -14,17 +14,20 @@ const { chromium } = require('playwright-core');
   });
   try {
     const page = await browser.newPage({ viewport: { width: 900, height: 900 } });
-    // The form of every request the page sends (Chromium does not expose a body holding a File to the driver):
-    // fetch is wrapped before the page's script runs, recording each FormData entry ("file" parts by filename).
+    // The form of every request the page sends (Chromium does not expose a body holding a File to the driver)
+    // and the answer it got: fetch is wrapped before the page's script runs, recording each FormData entry
+    // ("file" parts by filename) and the JSON answered.
     await page.addInitScript(() => {
       window.sentForms = [];
       const original = window.fetch;
-      window.fetch = (resource, options) => {
-        if (options && options.body instanceof FormData) {
-          window.sentForms.push({ url: String(resource), entries: [...options.body.entries()].map(
-            ([name, value]) => [name, value instanceof File ? `file:${value.name}` : value]) });
-        }
-        return original(resource, options);
+      window.fetch = async (resource, options) => {
+        if (!(options && options.body instanceof FormData)) return original(resource, options);
+        const form = { url: String(resource), entries: [...options.body.entries()].map(
+          ([name, value]) => [name, value instanceof File ? `file:${value.name}` : value]) };
+        window.sentForms.push(form);
+        const response = await original(resource, options);
+        form.answer = await response.clone().json();
+        return response;
       };
     });
     await page.goto(url);
