@@ -47,6 +47,9 @@ class DataConfig:
     resize_mode: str = "squash"  # squash (whole crop to a square) | shorter (short side, centre square)
     box_margin: float = 0.0  # when the layout has boxes, crop to them (grown by this fraction)
     box_frame: str = "stored"  # stored (pixels as the file stores them: Stanford Cars') | upright (after EXIF orientation)
+    # true: crop every image to its box when the layout has boxes (devkit, kaggle, car_ims, csv with x1..y2); false:
+    # train and evaluate on whole images, the literature's "without bounding box" protocol (the checkpoint records it)
+    use_boxes: bool = True
     batch_size: int = 32  # per worker
     eval_batch_size: int = 64
     augment: str = "standard"  # none | light | standard | strong

@@ -21,6 +21,10 @@ class ImageError(CarsRayError):
     """One image cannot be used; the message is the reason recorded in reports."""
 
 
+class BoxError(ImageError):
+    """A box given with an image is malformed, inverted, empty or lies wholly outside the image."""
+
+
 class Interrupted(CarsRayError):
     """The job was stopped (Ctrl-C, job stop) before its end; the message says how to continue."""
 

@@ -40,6 +40,10 @@ class Preprocessing:
     resize_mode: str = "squash"
     box_margin: float = 0.0  # boxes (when the layout has them) grow by this fraction before cropping
     box_frame: str = "stored"  # the frame boxes are read in: stored pixels, or upright (after EXIF orientation)
+    # The training protocol: True, a dataset's boxes crop every image it trains and evaluates on ("box crops");
+    # False, whole images (the literature's "without bounding box" protocol). Checkpoints written before the field
+    # existed trained on box crops, which is what its default reads them as.
+    use_boxes: bool = True
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -63,11 +67,18 @@ class Preprocessing:
             return f"box_margin {self.box_margin!r} must be finite and >= 0"
         if self.box_frame not in BOX_FRAMES:
             return f"box_frame {self.box_frame!r} is not one of {', '.join(BOX_FRAMES)}"
+        if not isinstance(self.use_boxes, bool):
+            return f"use_boxes {self.use_boxes!r} must be true or false"
         return None
+
+    @property
+    def protocol(self) -> str:
+        """What the model was trained on, in words: "box crops" or "whole images" (Serve's /health, the page)."""
+        return "box crops" if self.use_boxes else "whole images"
 
     @classmethod
     def resolve(cls, backbone: str, image_size: int, crop_pct: float = 1.0, resize_mode: str = "squash",
-                box_margin: float = 0.0, box_frame: str = "stored") -> "Preprocessing":
+                box_margin: float = 0.0, box_frame: str = "stored", use_boxes: bool = True) -> "Preprocessing":
         """Mean, std and interpolation from the backbone's timm pretrained config; sizes from the data config."""
         import timm
 
@@ -77,13 +88,13 @@ class Preprocessing:
         interpolation = pretrained.interpolation if pretrained and pretrained.interpolation in INTERPOLATIONS else "bicubic"
         return cls(image_size=image_size, resize=int(math.floor(image_size / crop_pct + 0.5)), crop_pct=crop_pct,
                    mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode, box_margin=box_margin,
-                   box_frame=box_frame)
+                   box_frame=box_frame, use_boxes=use_boxes)
 
     @classmethod
     def from_config(cls, config: Config) -> "Preprocessing":
         data = config.data
         return cls.resolve(config.model.backbone, data.image_size, data.crop_pct, data.resize_mode, data.box_margin,
-                           data.box_frame)
+                           data.box_frame, data.use_boxes)
 
     def decode_fields(self) -> dict[str, Any]:
         """The fields :meth:`decode` reads: two preprocessings with equal ones decode every image alike (the key
@@ -113,6 +124,15 @@ class Preprocessing:
 
     # ------------------------------------------------------------------ the shared steps
 
+    def row_box(self, row: Any) -> tuple[float, float, float, float] | None:
+        """The box a dataset row (a manifest or split-table row: mapping or named tuple with x1, y1, x2, y2) is
+        cropped to under this protocol: its box, or None for a row without one (NaN) or when ``use_boxes`` is
+        False (whole images). Training's decoded cache and stream, evaluation and export's calibration all
+        ask here, so the protocol a checkpoint records is the one every path applies."""
+        get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+        box = tuple(float(get(name)) for name in ("x1", "y1", "x2", "y2"))
+        return box if self.use_boxes and not any(math.isnan(v) for v in box) else None
+
     def decode(self, source: str | os.PathLike | bytes | BinaryIO, box: tuple[float, float, float, float] | None = None,
                max_pixels: int | None = None) -> np.ndarray:
         """Decode, crop to the box grown by ``box_margin`` (when given), resize: uint8 (resize, resize, 3).
@@ -120,17 +140,27 @@ class Preprocessing:
         ``box`` (x1, y1, x2, y2) is read in ``box_frame``: stored pixels (moved onto the upright image by the
         EXIF orientation the decode applied) or upright pixels; one reaching past the image is clamped to it, as crop.py
         does (inspect_data.py and crop_report.json name such boxes).
-        Raises :class:`~cars_ray.errors.ImageError` with the reason when the image cannot be used.
+        Raises :class:`~cars_ray.errors.ImageError` with the reason when the image cannot be used
+        (:class:`~cars_ray.errors.BoxError` when the box is inverted, empty or wholly outside the image).
         """
+        return self.decode_crop(source, box, max_pixels)[0]
+
+    def decode_crop(self, source: str | os.PathLike | bytes | BinaryIO,
+                    box: tuple[float, float, float, float] | None = None,
+                    max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """:meth:`decode`, and the crop it took: (left, top, right, bottom) in whole pixels of the upright image,
+        ``box`` grown by ``box_margin`` and clamped to the image; None when no box was given (the whole image).
+        Serve's answer and predict.py's output report it, so a user sees which pixels were classified."""
         # Without a box the JPEG decoder may scale down by a power of two, never below the target size.
         draft = None if box is not None else (self.resize, self.resize)
         kwargs = {"max_pixels": max_pixels} if max_pixels else {}
         image = open_rgb(source, draft_size=draft, **kwargs)
+        crop = None
         if box is not None:
             orientation = image.info.get(ORIENTATION, 1) if self.box_frame == "stored" else 1  # as the decode applied it
-            image = image.crop(box_on_upright(box, self.box_frame, orientation, image.width, image.height,
-                                              self.box_margin)[0])
-        return self.resize_image(image)
+            crop = box_on_upright(box, self.box_frame, orientation, image.width, image.height, self.box_margin)[0]
+            image = image.crop(crop)
+        return self.resize_image(image), crop
 
     def resize_image(self, image: Image.Image) -> np.ndarray:
         """An RGB image -> uint8 (resize, resize, 3); raises ImageError when Pillow cannot resize it.

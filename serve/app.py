@@ -4,18 +4,21 @@
     serve deploy serve/config.yaml                                 # cluster
 
 Routes: POST /predict (a raw image body, or multipart/form-data with one or several parts named ``file``;
-``?topk=5``), GET /health, GET /classes, GET / (a page to drop photos and see their top-5), GET /docs (OpenAPI).
-The checkpoint (or exported .onnx) brings its class names and preprocessing.
+``topk`` and, for one image, ``box=x1,y1,x2,y2`` as query parameters or form fields), GET /health, GET /classes,
+GET / (a page to drop photos, drag a box over one and see its top-5), GET /docs (OpenAPI).
+The checkpoint (or exported .onnx) brings its class names, preprocessing and training protocol.
 
-Answers of POST /predict: one image (a raw body, or one ``file`` part) gets ``{"model", "filename",
-"predictions": [{"class_id", "class_name", "probability"}, ...]}`` (``filename``: the part's, or null);
-several ``file`` parts (up to ``max_files``) get ``{"model", "results": [{"filename", "predictions"} or
-{"filename", "error"}, ...]}``, one result per part in the order sent. Every 4xx answer, FastAPI's own
+Answers of POST /predict: one image (a raw body, or one ``file`` part) gets ``{"model", "filename", "box",
+"predictions": [{"class_id", "class_name", "probability"}, ...]}`` (``filename``: the part's, or null; ``box``:
+the crop classified, or null for the whole image);
+several ``file`` parts (up to ``max_files``) get ``{"model", "results": [{"filename", "predictions", "error"},
+...]}``, one result per part in the order sent, ``predictions`` or ``error`` null (the one that does not apply). Every 4xx answer, FastAPI's own
 included (unknown route, wrong method, validation), is ``{"error": "<one sentence>"}``.
 """
 
 
 import asyncio
+import dataclasses
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -31,7 +34,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cars_ray.config import BackendName
-from cars_ray.errors import ImageError
+from cars_ray.data.images import parse_box
+from cars_ray.errors import BoxError, ImageError
 from cars_ray.preprocessing import Preprocessing
 
 DEFAULT_GPU_SHARE = 0.25  # a quarter of a GPU per replica: up to four replicas autoscale on one GPU
@@ -48,6 +52,9 @@ class ClassScore(BaseModel):
 class Prediction(BaseModel):
     model: str
     filename: str | None = None  # the multipart part's filename; null for a raw body or a part without one
+    # The crop classified, [left, top, right, bottom] in whole pixels of the upright photo: the request's box grown
+    # by the model's box_margin and clamped to the photo, as training cropped. Null: the whole photo.
+    box: list[int] | None = None
     predictions: list[ClassScore]
 
 
@@ -144,11 +151,16 @@ class Refusal:
     message: str
 
 
-def decode_upload(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> np.ndarray:
-    """An upload's bytes as the model's uint8 (resize, resize, 3) input (``Preprocessing.decode``); raises
-    UserInputError: 413 for an image over ``max_pixels`` (a decompression bomb), 400 for anything unreadable."""
+def decode_upload(data: bytes, preprocessing: Preprocessing, max_pixels: int,
+                  box: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """An upload's bytes as the model's uint8 (resize, resize, 3) input and the crop taken
+    (:meth:`Preprocessing.decode_crop`: the training crop when ``box`` is given, else None); raises
+    UserInputError: 422 for a box wholly outside the photo, 413 for an image over ``max_pixels`` (a
+    decompression bomb), 400 for anything unreadable."""
     try:
-        return preprocessing.decode(data, max_pixels=max_pixels)
+        return preprocessing.decode_crop(data, box, max_pixels=max_pixels)
+    except BoxError as err:
+        raise UserInputError(422, f"box does not fit the photo ({err})") from None
     except ImageError as err:
         status = 413 if str(err).startswith("too large") else 400
         raise UserInputError(status, f"the upload is not a usable image ({err})") from None
@@ -174,6 +186,9 @@ class Classifier:
         # oversubscribe its cores; a checkpoint on a CPU replica runs its cached, parity-checked ONNX export.
         self.model = LoadedModel.open(args.checkpoint, args.backend, num_threads=replica_threads(replica_cpus()))
         self.max_pixels = args.max_pixels
+        # A request's box is on the photo as the user sees it (the page draws it over the shown, upright photo),
+        # whatever frame the training annotations used; margin and clamping stay the model's.
+        self.request_preprocessing = dataclasses.replace(self.model.preprocessing, box_frame="upright")
         self.batching = args.batching
         # The decorator holds the defaults (the same values); the replica's own arguments take effect here.
         self.predict_batched.set_max_batch_size(args.max_batch_size)
@@ -181,18 +196,20 @@ class Classifier:
 
     def info(self) -> dict[str, Any]:
         return {"model": self.model.name, "backend": self.model.kind, "class_names": self.model.class_names,
-                "preprocessing": self.model.preprocessing.to_dict()}
+                "preprocessing": self.model.preprocessing.to_dict(), "protocol": self.model.preprocessing.protocol}
 
-    async def classify(self, data: bytes) -> np.ndarray | Refusal:
-        """Class probabilities, float32 (num_classes,), of one upload's bytes; a Refusal when they are not a
-        usable image (empty, not an image, truncated, over max_pixels, an extreme aspect ratio)."""
+    async def classify(self, data: bytes, box: tuple[float, float, float, float] | None = None
+                       ) -> tuple[np.ndarray, tuple[int, int, int, int] | None] | Refusal:
+        """Class probabilities, float32 (num_classes,), of one upload's bytes (of its crop to ``box``, in the
+        upright photo's pixels) and the crop taken (None: the whole photo); a Refusal when they are not a usable
+        image (empty, not an image, truncated, over max_pixels, an extreme aspect ratio) or the box misses it."""
         try:
-            image = await asyncio.to_thread(decode_upload, data, self.model.preprocessing, self.max_pixels)
+            image, used = await asyncio.to_thread(decode_upload, data, self.request_preprocessing, self.max_pixels, box)
         except UserInputError as err:
             return Refusal(err.status, str(err))
         if self.batching:
-            return await self.predict_batched(image)
-        return (await asyncio.to_thread(self.model.probs, image[None]))[0]
+            return await self.predict_batched(image), used
+        return (await asyncio.to_thread(self.model.probs, image[None]))[0], used
 
     @serve.batch(max_batch_size=_default("max_batch_size"), batch_wait_timeout_s=_default("batch_wait_timeout_s"))
     async def predict_batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -225,12 +242,12 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}{more}"}, status_code=422)
 
 
-def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, bytes]]:
+def multipart_files(content_type: str, body: bytes) -> tuple[list[tuple[str | None, bytes]], dict[str, list[str]]]:
     """(filename, bytes) of every part named ``file`` of a multipart/form-data ``body``, in order, read with
     python-multipart (the parser Starlette uses) so that a part without a filename, or with an empty one,
     is a file like any other (RFC 7578 allows it; Starlette's form would turn it into text). The filename
-    is None when the part has none. Raises UserInputError(400) for a body that is not multipart or has
-    no 'file' part."""
+    is None when the part has none. Also the other parts, as text by name (``topk``, ``box``). Raises
+    UserInputError(400) for a body that is not multipart or has no 'file' part."""
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -257,15 +274,37 @@ def multipart_files(content_type: str, body: bytes) -> list[tuple[str | None, by
         parser.finalize()
     except MultipartParseError as err:
         raise UserInputError(400, f"the multipart/form-data body cannot be parsed ({err})") from None
-    files = []
+    files, fields = [], {}
     for part in parts:
         _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
         if options.get(b"name") == b"file":
             filename = options.get(b"filename")
             files.append((filename.decode("utf-8", "replace") if filename else None, bytes(part["data"])))
+        elif options.get(b"name"):
+            name = options[b"name"].decode("utf-8", "replace")
+            fields.setdefault(name, []).append(bytes(part["data"]).decode("utf-8", "replace"))
     if not files:
         raise UserInputError(400, "the multipart form has no 'file' field with an image")
-    return files
+    return files, fields
+
+
+def one_setting(name: str, query: str | None, fields: dict[str, list[str]]) -> str | None:
+    """The value of a request setting (``topk``, ``box``) given as a query parameter or as a form field, or
+    None; given twice (both ways, or one field repeated) is a 422 naming it, never a silent choice."""
+    given = ([query] if query is not None else []) + fields.get(name, [])
+    if len(given) > 1:
+        raise UserInputError(422, f"{name} is given {len(given)} times (query parameter and form fields); give it once")
+    return given[0] if given else None
+
+
+def request_box(text: str | None) -> tuple[float, float, float, float] | None:
+    """The ``box`` setting as (x1, y1, x2, y2), or None when absent; a malformed or empty one is a 422."""
+    if text is None:
+        return None
+    try:
+        return parse_box(text, "box")
+    except BoxError as err:
+        raise UserInputError(422, f"{err} (box=x1,y1,x2,y2 in pixels of the uploaded photo)") from None
 
 
 @serve.deployment(name="CarsAPI", max_ongoing_requests=64)
@@ -284,8 +323,10 @@ class CarsAPI:
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
+        """The model, its backend, class count and training protocol ("box crops" or "whole images")."""
         info = await self.info()
-        return {"status": "ok", "model": info["model"], "backend": info["backend"], "num_classes": len(info["class_names"])}
+        return {"status": "ok", "model": info["model"], "backend": info["backend"], "num_classes": len(info["class_names"]),
+                "protocol": info["protocol"]}
 
     @api.get("/classes")
     async def classes(self) -> dict[str, Any]:
@@ -300,22 +341,28 @@ class CarsAPI:
     @api.post("/predict", response_model=Prediction | Predictions,
               responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 405: {"model": ErrorBody},
                          413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-    async def predict(self, request: Request, topk: str | None = None):
-        """One image (raw body or one 'file' part): Prediction. Several 'file' parts: Predictions, a result
+    async def predict(self, request: Request, topk: str | None = None, box: str | None = None):
+        """One image (raw body or one 'file' part): Prediction, of the crop to ``box`` when one is given
+        (query parameter or form field ``box=x1,y1,x2,y2``). Several 'file' parts: Predictions, a result
         (predictions, or the error of that part) per part in the order sent, up to max_files."""
         try:
             info = await self.info()
-            k = self.parse_topk(topk, len(info["class_names"]))
-            uploads = await self.read_uploads(request)
+            uploads, fields = await self.read_uploads(request)
+            k = self.parse_topk(one_setting("topk", topk, fields), len(info["class_names"]))
+            crop_box = request_box(one_setting("box", box, fields))
+            if crop_box is not None and len(uploads) > 1:
+                raise UserInputError(422, f"box applies to one photo, but the request has {len(uploads)} 'file' "
+                                          "parts: send each photo with its box in a request of its own")
             if len(uploads) == 1:
                 filename, data = uploads[0]
                 if not data:
                     raise UserInputError(400, "the request has no image: the body (or the 'file' field) is empty")
-                probs = await self.classify(data)
+                probs, used = await self.classify(data, crop_box)
         except UserInputError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
         if len(uploads) == 1:
-            return {"model": info["model"], "filename": filename, "predictions": self.top_classes(probs, k, info)}
+            return {"model": info["model"], "filename": filename, "box": list(used) if used else None,
+                    "predictions": self.top_classes(probs, k, info)}
         return {"model": info["model"], "results": await asyncio.gather(
             *[self.predict_part(filename, data, k, info) for filename, data in uploads])}
 
@@ -324,14 +371,16 @@ class CarsAPI:
         try:
             if not data:
                 raise UserInputError(400, "the part is empty")
-            probs = await self.classify(data)
+            probs, _ = await self.classify(data)
         except UserInputError as err:
             return {"filename": filename, "error": str(err)}
         return {"filename": filename, "predictions": self.top_classes(probs, k, info)}
 
-    async def classify(self, data: bytes) -> np.ndarray:
-        """The model replica's probabilities for one upload's bytes; UserInputError where it refused them."""
-        result = await self.classifier.classify.remote(data)
+    async def classify(self, data: bytes, box: tuple[float, float, float, float] | None = None
+                       ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """The model replica's probabilities for one upload's bytes (cropped to ``box``) and the crop it took;
+        UserInputError where it refused them."""
+        result = await self.classifier.classify.remote(data, box)
         if isinstance(result, Refusal):
             raise UserInputError(result.status, result.message)
         return result
@@ -354,21 +403,22 @@ class CarsAPI:
             raise UserInputError(422, f"topk must be from 1 to {num_classes}, got {k}")
         return k
 
-    async def read_uploads(self, request: Request) -> list[tuple[str | None, bytes]]:
+    async def read_uploads(self, request: Request) -> tuple[list[tuple[str | None, bytes]], dict[str, list[str]]]:
         """(filename, bytes) of each image sent: the raw body (filename None), or every multipart part
-        named 'file', in order; more than ``max_files`` parts is a 413 naming the count and the limit."""
+        named 'file', in order; more than ``max_files`` parts is a 413 naming the count and the limit. And
+        the form's other fields by name (none for a raw body)."""
         content_type = request.headers.get("content-type", "").lower()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise UserInputError(413, f"the request body is {int(declared)} bytes; the limit is {self.max_body_bytes}")
         if content_type.startswith("multipart/form-data"):
-            files = multipart_files(request.headers.get("content-type", ""), await self.read_body(request))
+            files, fields = multipart_files(request.headers.get("content-type", ""), await self.read_body(request))
             if len(files) > self.max_files:
                 raise UserInputError(413, f"the request has {len(files)} 'file' parts; the limit is {self.max_files} "
                                           "per request: send the rest in further requests")
-            return files
+            return files, fields
         if content_type.startswith(IMAGE_TYPES) or not content_type:
-            return [(None, await self.read_body(request))]
+            return [(None, await self.read_body(request))], {}
         raise UserInputError(415, f"content type {content_type!r} is not accepted; send an image body "
                                   "(image/jpeg, image/png, ...) or multipart/form-data with a 'file' field")
 

@@ -31,6 +31,8 @@ def world(tmp_path_factory) -> dict[str, str]:
         make_image(boxed / f"{index}.jpg", (80, 60), seed=index)
     write_names_csv(boxed / "names.csv")
     (boxed / "m.csv").write_text("path,label,x1,y1,x2,y2\n" + "".join(f"{i}.jpg,{i % 4 + 1},5,5,60,50\n" for i in range(4)))
+    (boxed / "boxes.csv").write_text("path,x1,y1,x2,y2\n0.jpg,5,5,60,50\n1.jpg,,,,\n")  # predict.py --manifest
+    (boxed / "bad_boxes.csv").write_text("path,x1,y1,x2,y2\n0.jpg,5,5,x,50\n1.jpg,,,,\n2.jpg,5,5,60\n")
     checkpoint = write_tiny_checkpoint(base / "ckpt")
     no_model = write_tiny_checkpoint(base / "ckpt_no_model")
     (no_model / "model.pt").unlink()
@@ -65,6 +67,7 @@ def world(tmp_path_factory) -> dict[str, str]:
     earlier_export = base / "earlier.onnx"
     earlier_export.write_bytes(b"an earlier export")
     return {"root": str(root), "csv": str(boxed / "m.csv"), "csv_dir": str(boxed), "ckpt": str(checkpoint),
+            "boxes": str(boxed / "boxes.csv"), "bad_boxes": str(boxed / "bad_boxes.csv"),
             "no_model": str(no_model), "other": str(other),
             "other_split": str(base / "other_split.csv"), "unreadable": str(unreadable), "file": str(existing_file),
             "dir": str(existing_dir), "run": str(earlier_run), "onnx": str(earlier_export), "new": str(base / "new"),
@@ -155,6 +158,18 @@ CASES = [
     ("config-box-frame", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.box_frame=sideways",
                                       "--output-dir", "{new}/t7"], 2,
      "data.box_frame is 'sideways'; expected one of stored, upright", "{new}/t7"),
+    ("config-use-boxes-not-a-bool", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.use_boxes=maybe",
+                                                 "--output-dir", "{new}/t10"], 2,
+     "data.use_boxes must be true or false, got 'maybe'", "{new}/t10"),
+    # A box manifest (predict.py --manifest): a bad row stops the run before any work, counted and named.
+    ("predict-bad-box-manifest", "predict.py", ["--checkpoint", "{ckpt}", "--manifest", "{bad_boxes}",
+                                                "--output", "{new}/p3.csv"], 2,
+     "2 bad row(s) in the box manifest: {bad_boxes}:2: x2 is 'x', not a number; the other bad line(s): 4", "{new}/p3.csv"),
+    ("predict-over-its-box-manifest", "predict.py", ["--checkpoint", "{ckpt}", "--manifest", "{boxes}", "--overwrite",
+                                                     "--output", "{boxes}"], 2, "is the input", None),
+    ("predict-input-and-manifest", "predict.py", ["--checkpoint", "{ckpt}", "--manifest", "{boxes}", "--input", "{root}",
+                                                  "--output", "{new}/p4.csv"], 2,
+     "argument --input: not allowed with argument --manifest", "{new}/p4.csv"),
     # A bad model.weights fails on the driver, before Ray starts, naming the file.
     ("train-weights-pickled-module", "train.py", ["--config", DEMO, "data.root_dir={root}", *TINY_WITH,
                                                   "model.weights={module_pth}", "--output-dir", "{new}/t8"], 2,
@@ -173,7 +188,7 @@ def test_fault(world, case, script, arguments, code, words, output):
     exit_code, _, stderr = call_pipeline(script, *[argument.format(**world) for argument in arguments])
     assert exit_code == code, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
-    assert words in last and "Traceback" not in stderr, stderr[-2000:]
+    assert words.format(**world) in last and "Traceback" not in stderr, stderr[-2000:]
     assert tree_hash(*inputs) == before, "an input file changed"
     if output:
         assert not Path(output.format(**world)).exists(), "a partial output was left behind"

@@ -198,7 +198,7 @@ def test_malformed_exif_is_ignored_with_a_note(tmp_path):
 def _serve_decode():
     from serve.app import decode_upload
 
-    return lambda data, preprocessing: decode_upload(data, preprocessing, max_pixels=89_478_485)
+    return lambda data, preprocessing: decode_upload(data, preprocessing, max_pixels=89_478_485)[0]
 
 
 @pytest.mark.parametrize("width, height", [(32000, 1), (1, 32000), (20_000_000, 1)])

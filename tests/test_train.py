@@ -21,7 +21,8 @@ import ray.cloudpickle
 from cars_ray.config import load_config
 from cars_ray.train.loop import train_loop_per_worker
 from cars_ray.train.runner import fit
-from helpers.data import CLASS_NAMES, class_colour, folder_of, make_image, write_class_folders, write_names_csv
+from helpers.data import (CLASS_NAMES, class_colour, folder_of, make_boxed_images, make_image, write_class_folders,
+                          write_names_csv)
 from helpers.entry_points import call_pipeline
 
 pytestmark = pytest.mark.slow
@@ -193,6 +194,30 @@ def test_checkpoint_with_other_class_count_fails_clearly(baseline_run, tmp_path)
                                         "--output-dir", str(tmp_path / "ev")))
     assert line == f"error: the checkpoint has 4 classes but {three} has 3"
     assert not (tmp_path / "ev").exists()
+
+
+def test_whole_image_protocol_trains_evaluates_and_records_it(ray_local, tmp_path):
+    """data.use_boxes=false through train.py on photos with boxes (a csv layout): the run says it trains on whole
+    images and that the boxes are not used, and the checkpoint and run.json record the protocol, which every
+    later decode of that checkpoint (its test evaluation, evaluate.py, export, Serve) reads from it."""
+    root = tmp_path / "data"
+    records = make_boxed_images(root / "imgs", 32, seed=7)
+    (root / "boxes.csv").write_text("path,label,x1,y1,x2,y2\n" + "".join(
+        f"imgs/{r['fname']},{r['class']},{r['bbox_x1']},{r['bbox_y1']},{r['bbox_x2']},{r['bbox_y2']}\n" for r in records))
+    write_names_csv(root / "names.csv")
+    out = tmp_path / "run"
+    code, stdout, stderr = call_pipeline(
+        "train.py", "--config", "configs/demo.yaml", "--output-dir", str(out), f"data.root_dir={root / 'boxes.csv'}",
+        "data.use_boxes=false", "model.backbone=test_efficientnet", "model.weights=none", "data.image_size=32",
+        "data.batch_size=8", "data.augment=none", "data.val_fraction=0.25", "data.test_fraction=0.25",
+        "train.channels_last=false", "train.epochs=1")
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    console = stdout + ((out / "logs" / "run.log").read_text() if (out / "logs" / "run.log").exists() else "")
+    assert "protocol: whole images (data.use_boxes false): the boxes of 32 of 32 rows are not used" in console
+    meta = json.loads((out / "best" / "meta.json").read_text())
+    assert meta["preprocessing"]["use_boxes"] is False
+    assert json.loads((out / "run.json").read_text())["protocol"] == "whole images"
+    assert (out / "evaluation" / "metrics.json").exists()
 
 
 def test_evaluate_pipeline_on_split_file(baseline_run, train_root, tmp_path):

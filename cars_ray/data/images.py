@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from cars_ray.config import BOX_FRAMES
-from cars_ray.errors import ImageError
+from cars_ray.errors import BoxError, ImageError
 
 # A truncated JPEG must be reported, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -137,17 +137,44 @@ def clamp_box(box: tuple[float, float, float, float], width: int, height: int,
               margin: float = 0.0) -> tuple[int, int, int, int]:
     """Integer box grown by ``margin`` (a fraction of its size) and clamped to the image.
 
-    Raises ImageError for a box that is inverted or lies wholly outside the image.
+    Raises BoxError (an ImageError) for a box that is inverted or lies wholly outside the image.
     """
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
-        raise ImageError(f"bad box: inverted or empty ({x1:g},{y1:g},{x2:g},{y2:g})")
+        raise BoxError(f"bad box: inverted or empty ({x1:g},{y1:g},{x2:g},{y2:g})")
     dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
     left, top = max(0, math.floor(x1 - dx)), max(0, math.floor(y1 - dy))
     right, bottom = min(width, math.ceil(x2 + dx)), min(height, math.ceil(y2 + dy))
     if right <= left or bottom <= top:
-        raise ImageError(f"bad box: ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {width}x{height} image")
+        raise BoxError(f"bad box: ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {width}x{height} image")
     return left, top, right, bottom
+
+
+BOX_FIELDS = ("x1", "y1", "x2", "y2")
+
+
+def parse_box(values: str | list | tuple, where: str) -> tuple[float, float, float, float]:
+    """A box (x1, y1, x2, y2), in pixels, from ``"x1,y1,x2,y2"`` or four cells, as a user gives it (Serve's
+    ``box``, predict.py's box manifest): four finite numbers with x2 > x1 and y2 > y1. Whether it lies on the
+    image is known only once the image is open (:func:`clamp_box`). Raises BoxError naming ``where`` and the
+    field at fault in one sentence."""
+    cells = values.split(",") if isinstance(values, str) else list(values)
+    if len(cells) != 4:
+        raise BoxError(f"{where}: a box is four numbers x1,y1,x2,y2 in pixels, got {values!r}")
+    box = []
+    for name, cell in zip(BOX_FIELDS, cells):
+        try:
+            number = float(str(cell).strip())
+        except ValueError:
+            raise BoxError(f"{where}: {name} is {str(cell).strip()!r}, not a number") from None
+        if not math.isfinite(number):
+            raise BoxError(f"{where}: {name} is {number}, not a finite number")
+        box.append(number)
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise BoxError(f"{where}: the box ({x1:g},{y1:g},{x2:g},{y2:g}) is empty or inverted: x2 must exceed x1 "
+                       "and y2 must exceed y1")
+    return x1, y1, x2, y2
 
 
 def box_problem(box: tuple[float, float, float, float], width: int, height: int) -> str | None:

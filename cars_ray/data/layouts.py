@@ -26,13 +26,13 @@ import scipy.io
 from cars_ray.config import DEMO_ROOT
 from cars_ray.data.files import (IMAGE_SUFFIXES, looks_numeric, normalise_name, normalise_rel_path, parse_label,
                                  scan_folder)
+from cars_ray.data.images import BOX_FIELDS
 from cars_ray.data.manifest import UNLABELLED, Manifest, folder_to_class_index, make_table
 from cars_ray.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "read_dataset", "detect_layout", "read_names_csv"]
 
 LAYOUTS = ("devkit", "kaggle", "car_ims", "folder", "csv")
-BOX_FIELDS = ("x1", "y1", "x2", "y2")
 
 
 def resolve_root(root_dir: str | os.PathLike) -> str:

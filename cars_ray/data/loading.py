@@ -1,7 +1,7 @@
 """From a data config to what the training workers read: decoded splits (cached) or their manifest rows (streaming).
 
 Which of the two a run takes is ``data.pipeline`` (:func:`resolve_pipeline`, the budget in
-``cars_ray.data.sizing``). Cached: each image is decoded, cropped to its box (when the layout has boxes) and
+``cars_ray.data.sizing``). Cached: each image is decoded, cropped to its box (when the layout has boxes and ``data.use_boxes``) and
 resized once per run by :meth:`Preprocessing.decode`, in parallel over the cluster's CPUs; the result (uint8
 images, labels, and each row's position in the split as ``row_id``) stays in Ray's object store for the run
 and every training worker pulls it from there once (``cars_ray.data.feed``). Streaming: only the split's
@@ -87,9 +87,8 @@ def decode_batch(batch: pd.DataFrame, preprocessing: Preprocessing, progress=Non
     """
     images, labels, paths, row_ids = [], [], [], []
     for row in batch.to_dict("records"):
-        box = None if np.isnan(row["x1"]) else (row["x1"], row["y1"], row["x2"], row["y2"])
         try:
-            images.append(preprocessing.decode(row["path"], box))
+            images.append(preprocessing.decode(row["path"], preprocessing.row_box(row)))
         except ImageError:
             continue
         labels.append(row["class_index"])

@@ -92,8 +92,7 @@ def confident_mistakes(preprocessing: Preprocessing, rows: pd.DataFrame, predict
     images, captions = [], []
     for row in wrong.itertuples():
         source = by_path.loc[row.path]
-        box = None if np.isnan(source.x1) else (source.x1, source.y1, source.x2, source.y2)
-        images.append(preprocessing.decode(source.path, box))
+        images.append(preprocessing.decode(source.path, preprocessing.row_box(source)))
         captions.append(f"true: {class_names[row.true_id - 1]}\npredicted: {class_names[row.predicted_id - 1]} "
                         f"({row.confidence:.2f})")
     return images, captions

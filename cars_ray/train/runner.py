@@ -98,6 +98,7 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
          + (f"; Ray dashboard http://{dashboard}" if dashboard else ""), progress)
     for line in manifest.reading_summary(shown=5):  # rows not trained on are counted and named
         note(f"[cars_ray] {line}", progress)
+    note(f"[cars_ray] {protocol_line(preprocessing, table)}", progress)
     started = time.perf_counter()
     data = prepare_training_data(cfg, table, preprocessing, scaling.use_gpu,
                                  cfg.train.num_workers * cfg.train.cpus_per_worker, progress, output_dir)
@@ -133,9 +134,22 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
                     for name in ("confusion_matrix", "errors", "per_class")})
     add_figures(tracking, figures)
     write_json(os.path.join(output_dir, "run.json"),
-               {**run_summary(cfg, outcome, time.perf_counter() - fit_started), **data.as_dict()})
+               {**run_summary(cfg, outcome, time.perf_counter() - fit_started), **data.as_dict(),
+                "protocol": preprocessing.protocol})
     write_report(output_dir, f"cars_ray run {cfg.train.run_name}: {cfg.model.backbone}, {cfg.data.image_size} px")
     return outcome
+
+
+def protocol_line(preprocessing: Preprocessing, table: pd.DataFrame) -> str:
+    """What the run trains and evaluates on (data.use_boxes), with how many of its rows have a box."""
+    boxed = int(table[["x1", "y1", "x2", "y2"]].notna().all(axis=1).sum())
+    if not preprocessing.use_boxes:
+        return (f"protocol: whole images (data.use_boxes false): the boxes of {boxed} of {len(table)} rows are not "
+                "used" if boxed else "protocol: whole images (data.use_boxes false; the data has no boxes)")
+    if not boxed:
+        return "protocol: box crops: the data has no boxes, so its images are taken as the crops they are"
+    return f"protocol: box crops: {boxed} of {len(table)} rows cropped to their box" + (
+        f", {len(table) - boxed} without one taken whole" if boxed < len(table) else "")
 
 
 def resolved_pipeline(cfg: Config, pipeline: str) -> Config:

@@ -24,8 +24,8 @@ from cars_ray.preprocessing import Preprocessing
 from cars_ray.report import write_report
 from cars_ray.storage import remove_storage, storage_exists, storage_join
 from cars_ray.train.tracking import TrackingTarget
-from cars_ray.train.runner import (check_cluster_paths, copy_inference_checkpoint, resolved_pipeline, storage_dir,
-                                     write_used_split)
+from cars_ray.train.runner import (check_cluster_paths, copy_inference_checkpoint, protocol_line, resolved_pipeline,
+                                     storage_dir, write_used_split)
 from cars_ray.tune.search import (
     apply_trial_resources, build_search_space, check_feasible, curves, make_scheduler, make_search_alg, summarize,
     trial_driver, trial_history, trial_name,
@@ -88,6 +88,7 @@ def run_search(cfg: Config, output_dir: str, resume: bool = False,
     data = prepare_training_data(trial_cfg, table, preprocessing, use_gpu,
                                  concurrency * trial_cfg.train.num_workers * trial_cfg.train.cpus_per_worker,
                                  output_dir=output_dir)
+    print(f"[cars_ray] {protocol_line(preprocessing, table)}", flush=True)
     print(f"[cars_ray] data path {data.choice.reason}"
           + (f"; stream source {data.stream_source}" if data.stream_source else ""), flush=True)
     if data.records is not None:

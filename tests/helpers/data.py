@@ -50,6 +50,13 @@ def make_image(path: Path, size=(120, 80), colour=(128, 128, 128), seed: int = 0
         image.save(path, quality=90)
 
 
+def two_tone(size=(120, 90)) -> Image.Image:
+    """Left half red, right half blue: a box over one half is another picture than the whole photo."""
+    image = Image.new("RGB", size, (20, 20, 220))
+    image.paste((220, 20, 20), (0, 0, size[0] // 2, size[1]))
+    return image
+
+
 def write_names_csv(path: Path, names=CLASS_NAMES, header: bool = True) -> None:
     lines = (["class_id,class_name"] if header else []) + [f"{i},{n}" for i, n in enumerate(names, 1)]
     path.write_text("\n".join(lines) + "\n")
