@@ -211,4 +211,4 @@ def test_evaluate_and_predict_read_the_checkpoint_metadata_once(ray_local, check
     code, out, err = call_pipeline("predict.py", "--checkpoint", str(checkpoint), "--input", str(folder_dataset),
                                    "--output", str(tmp_path / "preds.csv"))
     assert code == 0, out + err[-3000:]
-    assert meta_parses == [str(checkpoint / "meta.json")] and "24 images, 0 unreadable" in out
+    assert meta_parses == [str(checkpoint / "meta.json")] and "24 images, 0 with an error" in out
