@@ -1,6 +1,6 @@
 """Ray Serve application: an autoscaling car classifier behind a FastAPI ingress with a web page.
 
-    serve run serve.app:build checkpoint=runs/train/best          # local
+    serve run --address local serve.app:build checkpoint=runs/train/best   # local: a Ray of its own
     serve deploy serve/config.yaml                                 # cluster
 
 Routes: POST /predict (a raw image body, or multipart/form-data with one or several parts named ``file``;
