@@ -159,8 +159,8 @@ CASES = [
                                       "--output-dir", "{new}/t7"], 2,
      "data.box_frame is 'sideways'; expected one of stored, upright", "{new}/t7"),
     ("config-use-boxes-not-a-bool", "train.py", ["--config", DEMO, "data.root_dir={root}", "data.use_boxes=maybe",
-                                                 "--output-dir", "{new}/t10"], 2,
-     "data.use_boxes must be true or false, got 'maybe'", "{new}/t10"),
+                                                 "--output-dir", "{new}/t11"], 2,
+     "data.use_boxes must be true or false, got 'maybe'", "{new}/t11"),
     # A box manifest (predict.py --manifest): a bad row stops the run before any work, counted and named.
     ("predict-bad-box-manifest", "predict.py", ["--checkpoint", "{ckpt}", "--manifest", "{bad_boxes}",
                                                 "--output", "{new}/p3.csv"], 2,
