@@ -3,13 +3,15 @@ cars_ray, one after the other on the same machine, on split.csv of the shared St
 
     python benchmarks/cpu_parity.py --timm-dir DIR [--data-root ../shared/data/stanford-cars]
         [--out runs/cpu_parity] [--quick] [--order timm,cars_ray,timm] [--max-steps N]
+        [--stream-source decode|disk]
 
 Runs: ``timm``; ``cars_ray`` (the config as it is: ``data.pipeline`` auto, which keeps this data cached, both
-CPUs to the one worker); ``streaming`` (``data.pipeline=streaming``, the worker on all CPUs but one: the decode
-tasks need a CPU the worker does not hold). ``--order cars_ray,streaming,cars_ray,streaming`` interleaves the
+CPUs to the one worker); ``streaming`` (``data.pipeline=streaming``, the worker reserving all CPUs but one, since the decode
+tasks need a CPU it does not hold, and computing on all of them, ``train.torch_threads``: the decode takes a
+few percent of a CPU). ``--order cars_ray,streaming,cars_ray,streaming`` interleaves the
 two data paths so the machine's drift falls on both (issue #22: streaming's training images/s against
 cached, in the same session); ``--max-steps`` caps every epoch (``train.max_steps_per_epoch``) for a speed-only
-comparison whose test top-1 is not the recipe's.
+comparison whose test top-1 is not the recipe's; ``--stream-source`` is the streaming runs' ``data.stream_source``.
 
 DIR holds timm's ``train.py`` and ``validate.py`` (from timm's source repository). The recipe is
 ``configs/cpu_parity.yaml`` (Lite0, 128 px, batch 32, 4 epochs, AdamW 3e-3, ...), given to timm
@@ -56,15 +58,17 @@ def quick_split(split_file: str, out: str) -> str:
 
 
 def run_cars_ray(split_file: str, images_root: str, out: str, key: str, epochs: int, streaming: bool = False,
-                 max_steps: int = 0) -> dict:
-    """pipelines/train.py on the parity config (streaming: ``data.pipeline=streaming`` with the worker on all
-    CPUs but one); the wall clock is the whole command's."""
+                 max_steps: int = 0, stream_source: str = "decode") -> dict:
+    """pipelines/train.py on the parity config (streaming: ``data.pipeline=streaming`` with the worker reserving
+    all CPUs but one and computing on all); the wall clock is the whole command's."""
     run_dir = os.path.join(out, key)
     command = [sys.executable, os.path.join(REPO, "pipelines", "train.py"), "--config", os.path.join(REPO, CONFIG),
                "--output-dir", run_dir, "--overwrite", f"data.root_dir={images_root}", f"data.split_file={split_file}",
                f"train.epochs={epochs}"]
     if streaming:
-        command += ["data.pipeline=streaming", f"train.cpus_per_worker={max(1, (os.cpu_count() or 2) - 1)}"]
+        cpus = os.cpu_count() or 2
+        command += ["data.pipeline=streaming", f"train.cpus_per_worker={max(1, cpus - 1)}", f"train.torch_threads={cpus}",
+                    f"data.stream_source={stream_source}"]
     if max_steps:
         command += [f"train.max_steps_per_epoch={max_steps}"]
     load_before = os.getloadavg()[0]
@@ -158,6 +162,8 @@ def main() -> None:
     parser.add_argument("--order", default="timm,cars_ray,timm",
                         help="runs in order (default timm,cars_ray,timm: timm before and after cancels the machine's drift)")
     parser.add_argument("--max-steps", type=int, default=0, help="cap every epoch at N steps (speed only)")
+    parser.add_argument("--stream-source", default="decode", choices=("decode", "disk"),
+                        help="the streaming runs' data.stream_source")
     args = parser.parse_args()
     order = args.order.split(",")
     if set(order) - {"timm", "cars_ray", "streaming"}:
@@ -177,7 +183,7 @@ def main() -> None:
     result = {"recipe": f"Lite0, 128 px, batch 32, {epochs} epochs, AdamW 3e-3" + (" (quick)" if args.quick else "")
               + (f", at most {args.max_steps} steps per epoch (speed only)" if args.max_steps else ""),
               "split_file": split_file, "machine": f"{os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
-              "order": order, "runs": {}}
+              "order": order, "stream_source": args.stream_source, "runs": {}}
     for index, name in enumerate(order):
         key = name if name not in result["runs"] else f"{name}_{index + 1}"
         speed = machine_speed()
@@ -186,7 +192,8 @@ def main() -> None:
                           128, 32, epochs, CPU_RECIPE, device="cpu", workers=os.cpu_count() or 1,
                           eval_batch_size=64).run()
         else:
-            run = run_cars_ray(split_file, images_root, out, key, epochs, name == "streaming", args.max_steps)
+            run = run_cars_ray(split_file, images_root, out, key, epochs, name == "streaming", args.max_steps,
+                               args.stream_source)
         result["runs"][key] = {**run, "machine_speed_before": speed}
         summarize(result)
         with open(result_path, "w") as handle:  # after every run: a later failure keeps the earlier ones

@@ -113,6 +113,9 @@ class TrainConfig:
     use_gpu: str = "auto"  # auto | true | false
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    # Intra-op threads of each training worker's PyTorch; 0 = its train.cpus_per_worker (Ray sets OMP_NUM_THREADS
+    # so). More than it reserves lets a CPU worker use what the streaming path's decode tasks leave idle.
+    torch_threads: int = 0
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False
@@ -311,6 +314,7 @@ RANGES = {
     "optim.mixup_prob": (0, 1, True, True), "optim.grad_clip": (0, None, True, True), "optim.ema_decay": (0, 1, True, False),
     "train.epochs": (1, None, True, True), "train.num_workers": (1, None, True, True),
     "train.cpus_per_worker": (0, None, False, True), "train.gpus_per_worker": (0, None, False, True),
+    "train.torch_threads": (0, None, True, True),
     "train.early_stop_patience": (0, None, True, True), "train.early_stop_min_delta": (0, None, True, True),
     "train.max_failures": (-1, None, True, True), "train.checkpoint_every": (1, None, True, True),
     "train.max_steps_per_epoch": (1, None, True, True),

@@ -11,12 +11,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from cars_ray.data.blocks import IdleStepBackoff, dataset_from_frame
 from cars_ray.data.feed import CachedSplit, epoch_order, rank_rows
 from cars_ray.data.sizing import OBJECT_STORE_SHARE, WORKER_MEMORY_SHARE, choose_pipeline, decoded_bytes
 from cars_ray.data.stream import train_stream_positions
@@ -182,6 +184,33 @@ def test_streamed_epochs_repeat_give_equal_full_batches_and_name_unreadable_imag
     val = StreamedSplit(rows, PRE, "none", decode_batch_size=8)
     seen = [labels for rank in (0, 1) for _, labels in val.eval_batches(rank, 2, 16, CPU)]
     assert sum(len(labels) for labels in seen) == 118 and val.skipped in (["0007.jpg"], ["0064.jpg"], [])
+
+
+def wide_rows(batch: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A map whose output (256 KB a row) soon fills a small object-store window."""
+    return {"id": batch.id.to_numpy(), "pixels": np.zeros((len(batch), 256 * 1024), np.uint8)}
+
+
+@pytest.mark.slow
+def test_a_slow_consumer_leaves_the_scheduling_loop_paused_not_spinning(ray_local):
+    """Ray 2.60's scheduling loop runs in the iterating process and, once a slow consumer holds back every task's
+    output, spins on ray.wait, holding the GIL the consumer's model needs (issue #22: a 1-CPU worker trained at
+    14 instead of 21 images/s). ``IdleStepBackoff``, which every dataset of ``dataset_from_frame`` carries,
+    pauses those steps: the process then uses little CPU while its consumer sleeps."""
+    dataset = dataset_from_frame(pd.DataFrame({"id": np.arange(2000)}), 16).map_batches(wide_rows, batch_format="pandas")
+    assert IdleStepBackoff in dataset.context.custom_execution_callback_classes, "derived datasets keep the pause"
+    dataset.context.execution_options.resource_limits = dataset.context.execution_options.resource_limits.copy(
+        object_store_memory=16 * 1024**2)  # a few blocks of 4 MB: backpressure within the first second
+    batches = dataset.iter_batches(batch_size=16, batch_format="numpy", prefetch_batches=0)
+    next(batches)  # the executor is running
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for _ in batches:
+        time.sleep(0.05)  # the consumer's "forward pass", which holds no GIL
+        if time.perf_counter() - started > 3:
+            break
+    cpu_share = (time.process_time() - cpu_started) / (time.perf_counter() - started)
+    batches.close() if hasattr(batches, "close") else None
+    assert cpu_share < 0.25, f"the iterating process used {cpu_share:.2f} of a core while its consumer slept"
 
 
 SMALL_STORE_SCRIPT = textwrap.dedent("""

@@ -284,10 +284,11 @@ def test_int8_export_kept_with_good_calibration_refused_with_bad(baseline_run, t
 def test_streaming_two_workers_resume_redo_the_epoch_with_equal_full_batches(ray_local, train_root, tmp_path):
     """data.pipeline=streaming with 2 workers (half a CPU each: the decode tasks take the other CPU), from disk
     records (data.stream_source=disk): each epoch every rank trains on its 4 full batches of 4, and a --resume
-    after epoch 1 finishes epoch 2 on the records the first attempt wrote (reused, not written again)."""
+    after epoch 1 finishes epoch 2 on the records the first attempt wrote (reused, not written again). The
+    workers compute on train.torch_threads threads whatever they reserve."""
     cfg = tiny_config(train_root, tmp_path, "data.pipeline=streaming", "data.stream_source=disk", "train.num_workers=2",
                       "train.cpus_per_worker=0.5", "data.batch_size=4", "train.epochs=2", "train.max_failures=0",
-                      "train.checkpoint_every=1")
+                      "train.checkpoint_every=1", "train.torch_threads=3")
     with pytest.raises(Exception):
         fit(cfg, str(tmp_path), evaluate_test=False, train_fn=stop_after_first_report)
     folders = sorted((tmp_path / "decoded").iterdir())
@@ -298,6 +299,7 @@ def test_streaming_two_workers_resume_redo_the_epoch_with_equal_full_batches(ray
     assert list(history.epoch) == [1, 2] and list(history.resumes) == [0, 1]
     assert list(history.train_images) == [32] * 2, "32 training rows: 2 ranks x 4 batches x 4 every epoch"
     assert list(history.val_images) == [16] * 2
+    assert list(history.torch_threads) == [3, 3], "train.torch_threads, not the half CPU each worker reserves"
     assert {folder.name: (folder / "images.npy").stat().st_mtime_ns
             for folder in (tmp_path / "decoded").iterdir()} == written, "the resume reused the records"
     summary = json.loads((tmp_path / "run.json").read_text())

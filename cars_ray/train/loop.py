@@ -68,6 +68,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     seed_everything(cfg.train.seed + rank)
     device = ray.train.torch.get_device()
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
     preprocessing = Preprocessing.from_dict(settings.preprocessing, "train loop config")

@@ -210,6 +210,7 @@ class TrainingRun:
             "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - started,
             "images_per_second": train_metrics["train_images"] / max(train_seconds, 1e-9),
             "resumes": len(state.resumed_at), "ema_decay": self.ema_decay_at(state.step),
+            "torch_threads": torch.get_num_threads(),  # the images/s above depend on it (train.torch_threads)
             **{f"lr_{group['name'].split('/')[0]}": group["lr"] for group in self.optimizer.param_groups
                if group["name"].endswith("/decay")},
         }
