@@ -3,7 +3,8 @@
     python benchmarks/serve_load.py [--checkpoint DIR|model.onnx] [--duration 60] [--clients 32]
                                     [--batching on|off|both] [--backends auto torch onnx onnx-int8]
                                     [--num-cpus 1.75] [--max-batch-size 16] [--max-replicas 1]
-                                    [--serve-env default|throughput|haproxy] [--cold-requests 200]
+                                    [--serve-env default|throughput|haproxy] [--deployments two|one]
+                                    [--cold-requests 200]
                                     [--out results.json]
 
 Without --checkpoint a checkpoint of the default model (offline Lite2, 224 px, fresh 196-class head;
@@ -49,10 +50,26 @@ SERVE_ENVS = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1
               "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
 
 
-def ray_cpu_seconds() -> float:
+def process_name(pid: int) -> str:
+    """A Ray process by what it is: its title (``ray::ProxyActor``, ``ray::ServeReplica:cars:Classifier``) or its
+    program's name (``raylet``, ``gcs_server``, ``dashboard.py``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            words = handle.read().split(b"\0")
+    except OSError:
+        return "?"
+    first = words[0].decode(errors="replace")
+    if first.startswith("ray::"):
+        return first.split()[0]
+    program = next((w.decode(errors="replace") for w in words[1:2] if w.endswith(b".py")), first)
+    return os.path.basename(program.split()[0])
+
+
+def ray_cpu_by_process() -> dict[str, float]:
     """CPU seconds (user + system) used so far by every live process of the Ray instance this driver started
-    (its descendants: GCS, raylet, Serve's controller, proxy and replicas, Ray's agents), read from /proc.
-    The load's clients are threads of this process, so they are not counted."""
+    (its descendants: GCS, raylet, Serve's controller, proxy and replicas, Ray's agents), by process name
+    (:func:`process_name`; processes of one name summed), read from /proc. The load's clients are threads of
+    this process: they are not counted here (``measured_load`` counts them apart)."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     stats: dict[int, list[str]] = {}
@@ -65,21 +82,31 @@ def ray_cpu_seconds() -> float:
                 continue
             stats[int(entry)] = fields
             children.setdefault(int(fields[1]), []).append(int(entry))
-    total, todo = 0.0, list(children.get(os.getpid(), []))
+    totals: dict[str, float] = {}
+    todo = list(children.get(os.getpid(), []))
     while todo:
         pid = todo.pop()
-        total += (int(stats[pid][11]) + int(stats[pid][12])) / tick  # utime, stime (fields 14, 15 of stat)
+        name = process_name(pid)
+        totals[name] = totals.get(name, 0.0) + (int(stats[pid][11]) + int(stats[pid][12])) / tick  # utime, stime
         todo.extend(children.get(pid, []))
-    return total
+    return totals
 
 
 def measured_load(url: str, payload: bytes, clients: int, duration: float, max_requests: int | None = None) -> dict:
-    """``run_load`` with the Ray instance's CPU milliseconds per answered request and the load average."""
-    cpu_before = ray_cpu_seconds()
+    """``run_load`` with the Ray instance's CPU milliseconds per answered request, in all and by process (the
+    ones above 0.5 ms), the clients' own (this process's CPU during the load) and the load average."""
+    before, client_before = ray_cpu_by_process(), time.process_time()
     load = run_load(url, payload, clients, duration, max_requests)
-    cpu = ray_cpu_seconds() - cpu_before
-    return {**load, "ray_cpu_s": round(cpu, 1), "ray_cpu_ms_per_request": round(cpu * 1000 / max(1, load["requests"]), 2),
-            "load_average": os.getloadavg()[0]}
+    client = time.process_time() - client_before
+    after = ray_cpu_by_process()
+    answered = max(1, load["requests"])
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    cpu = sum(spent.values())
+    by_process = {name: round(seconds * 1000 / answered, 2) for name, seconds in
+                  sorted(spent.items(), key=lambda item: -item[1]) if seconds * 1000 / answered >= 0.5}
+    return {**load, "ray_cpu_s": round(cpu, 1), "ray_cpu_ms_per_request": round(cpu * 1000 / answered, 2),
+            "ray_cpu_ms_per_request_by_process": by_process,
+            "client_cpu_ms_per_request": round(client * 1000 / answered, 2), "load_average": os.getloadavg()[0]}
 
 
 def free_port() -> int:
@@ -88,10 +115,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def replica_sampler(stop: threading.Event, samples: list, t0: float) -> None:
+def replica_sampler(stop: threading.Event, samples: list, t0: float, deployment: str) -> None:
     while not stop.is_set():
         try:
-            samples.append((round(time.perf_counter() - t0, 1), running_replicas("cars")))
+            samples.append((round(time.perf_counter() - t0, 1), running_replicas("cars", deployment)))
         except Exception:  # the app may be between deployments
             pass
         stop.wait(1.0)
@@ -116,6 +143,8 @@ def main() -> None:
     parser.add_argument("--ceiling-cpus", type=float, default=1.75, help="the ceiling's replica CPUs (its threads)")
     parser.add_argument("--ceiling-seconds", type=float, default=8.0)
     parser.add_argument("--serve-env", default="default", choices=tuple(SERVE_ENVS))
+    parser.add_argument("--deployments", default="two", choices=("one", "two"),
+                        help="serve.app's deployments: two (ingress + model replicas) or one (the ingress infers)")
     parser.add_argument("--kill-replica", action="store_true",
                         help="instead: two replicas, --clients[0] clients, one replica killed after 10 s (issue #12)")
     parser.add_argument("--out", default=None)
@@ -153,6 +182,7 @@ def main() -> None:
     results = {"checkpoint": checkpoint, "cpus": os.cpu_count(), "duration_s": args.duration, "num_cpus": args.num_cpus,
                "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
                "max_replicas": args.max_replicas, "access_log": args.access_log, "serve_env": SERVE_ENVS[args.serve_env],
+               "deployments": args.deployments,
                "runs": []}
     settings = [(backend, batching) for backend in args.backends
                 for batching in (["on", "off"] if args.batching == "both" else [args.batching])]
@@ -168,7 +198,8 @@ def main() -> None:
                          "batch_wait_timeout_s": args.batch_wait_timeout_s,
                          "min_replicas": "1", "max_replicas": str(args.max_replicas),
                          "target_ongoing_requests": args.target_ongoing, "access_log": args.access_log,
-                         "upscale_delay_s": "2", "downscale_delay_s": "10"}), name="cars", route_prefix="/")
+                         "upscale_delay_s": "2", "downscale_delay_s": "10", "deployments": args.deployments}),
+                  name="cars", route_prefix="/")
         # the backend the replica runs (auto: onnx on a CPU) decides which ceiling the loads are compared with
         label = requests_json(url.replace("/predict", "/health"))["backend"]
         cold = None
@@ -180,7 +211,8 @@ def main() -> None:
         run_load(url, payload, args.clients[0], 10)  # warm-up
         samples: list = []
         stop = threading.Event()
-        sampler = threading.Thread(target=replica_sampler, args=(stop, samples, time.perf_counter()))
+        sampler = threading.Thread(target=replica_sampler, args=(stop, samples, time.perf_counter(),
+                                                                   "CarsAPI" if args.deployments == "one" else "Classifier"))
         sampler.start()
         loads = []
         for clients in args.clients:

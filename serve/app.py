@@ -22,7 +22,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -100,6 +100,11 @@ class ServeArgs(BaseModel):
                                                            "and the replica runs PyTorch, else 0")
     health_check_period_s: float = Field(10, gt=0, description="how soon a dead replica is noticed and replaced")
     access_log: bool = Field(True, description="Serve's line per request (costs CPU at high request rates)")
+    deployments: Literal["one", "two"] = Field(
+        "two", description="two: the ingress (HTTP, the page) and the model replicas scale apart, the model "
+                           "replica on a GPU where there is one; one: the ingress replica holds the model and "
+                           "decodes and infers itself (no call between deployments); it takes the model "
+                           "replica's resources and autoscaling")
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> "ServeArgs":
@@ -310,15 +315,17 @@ def request_box(text: str | None) -> tuple[float, float, float, float] | None:
 @serve.deployment(name="CarsAPI", max_ongoing_requests=64)
 @serve.ingress(api)
 class CarsAPI:
-    def __init__(self, classifier: DeploymentHandle, max_body_bytes: int, max_files: int):
-        self.classifier = classifier
+    def __init__(self, classifier: DeploymentHandle | ServeArgs, max_body_bytes: int, max_files: int):
+        # deployments=one: the ServeArgs, and this replica holds the model itself (the same Classifier, in process)
+        self.classifier = classifier if isinstance(classifier, DeploymentHandle) else None
+        self.model = Classifier.func_or_class(classifier) if self.classifier is None else None
         self.max_body_bytes = max_body_bytes
         self.max_files = max_files
         self._info: dict[str, Any] | None = None
 
     async def info(self) -> dict[str, Any]:
         if self._info is None:
-            self._info = await self.classifier.info.remote()
+            self._info = self.model.info() if self.model else await self.classifier.info.remote()
         return self._info
 
     @api.get("/health")
@@ -380,7 +387,7 @@ class CarsAPI:
                        ) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
         """The model replica's probabilities for one upload's bytes (cropped to ``box``) and the crop it took;
         UserInputError where it refused them."""
-        result = await self.classifier.classify.remote(data, box)
+        result = await (self.model.classify(data, box) if self.model else self.classifier.classify.remote(data, box))
         if isinstance(result, Refusal):
             raise UserInputError(result.status, result.message)
         return result
@@ -461,17 +468,20 @@ def build(args: ServeArgs) -> serve.Application:
     args = args.model_copy(update={"checkpoint": os.path.abspath(args.checkpoint)})
     choose_backend(args.checkpoint, args.backend)  # fails here, in one sentence, on a backend the model cannot run on
     has_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
-    classifier = Classifier.options(
-        autoscaling_config={
+    model_replicas = {
+        "autoscaling_config": {
             "min_replicas": args.min_replicas,
             "max_replicas": args.max_replicas,
             "target_ongoing_requests": args.target_ongoing_requests,
             "upscale_delay_s": args.upscale_delay_s,
             "downscale_delay_s": args.downscale_delay_s,
         },
-        ray_actor_options=replica_resources(args, has_gpu),
-        health_check_period_s=args.health_check_period_s,
-        logging_config=logging_config(args),
-    ).bind(args)
+        "ray_actor_options": replica_resources(args, has_gpu),
+        "health_check_period_s": args.health_check_period_s,
+        "logging_config": logging_config(args),
+    }
+    if args.deployments == "one":
+        return CarsAPI.options(**model_replicas).bind(args, args.max_body_bytes, args.max_files)
+    classifier = Classifier.options(**model_replicas).bind(args)
     return CarsAPI.options(ray_actor_options={"num_cpus": 0.25}, logging_config=logging_config(args)).bind(
         classifier, args.max_body_bytes, args.max_files)

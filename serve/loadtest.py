@@ -83,11 +83,12 @@ def replica_actors(app: str, deployment: str = "Classifier") -> list:
     return [a for a in alive if a.class_name.endswith(f"{app}:{deployment}")]
 
 
-def running_replicas(app: str) -> int:
-    """How many Classifier replicas of a Serve application are RUNNING, by Serve's own status."""
+def running_replicas(app: str, deployment: str = "Classifier") -> int:
+    """How many replicas of a deployment of a Serve application (the model's: Classifier, or CarsAPI with
+    deployments=one) are RUNNING, by Serve's own status."""
     from ray import serve
 
-    return serve.status().applications[app].deployments["Classifier"].replica_states.get("RUNNING", 0)
+    return serve.status().applications[app].deployments[deployment].replica_states.get("RUNNING", 0)
 
 
 def load_with_failure(url: str, payload: bytes, clients: int, kill_after: float, after_recovery: float,

@@ -122,6 +122,37 @@ def test_a_box_crops_the_photo_as_training_did_and_the_answer_names_it(served):
     assert raw.status_code == 200 and raw.json()["box"] == [100, 50, 120, 90]  # clamped to the 120x90 photo
 
 
+def test_one_deployment_answers_as_two_do(served, checkpoint):
+    """deployments=one: the ingress replica holds the model (no call between deployments) and answers every route
+    as the two-deployment app does: the same probabilities, the box, a refusal, several parts, /health."""
+    from ray import serve
+
+    from serve.app import build
+
+    serve.run(build({"checkpoint": str(checkpoint), "deployments": "one", "num_cpus": "0.25", "max_files": "3"}),
+              name="cars_one", route_prefix="/one")
+    try:
+        photo = two_tone_jpeg()
+        for params in ({}, {"box": "2,3,50,80"}):
+            one = requests.post(f"{served}/one/predict", params=params, files={"file": ("car.jpg", photo)}, timeout=60)
+            two = requests.post(f"{served}/predict", params=params, files={"file": ("car.jpg", photo)}, timeout=60)
+            assert one.status_code == 200, one.text
+            assert one.json() == two.json()
+        bad = requests.post(f"{served}/one/predict", data=b"not an image", headers={"content-type": "image/jpeg"},
+                            timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"].startswith("the upload is not a usable image")
+        several = requests.post(f"{served}/one/predict", files=[("file", ("a.jpg", photo)), ("file", ("b.txt", b"x"))],
+                                timeout=60).json()
+        assert [r["filename"] for r in several["results"]] == ["a.jpg", "b.txt"]
+        assert several["results"][0]["predictions"] and several["results"][1]["error"]
+        health = requests.get(f"{served}/one/health", timeout=60).json()
+        assert health == requests.get(f"{served}/health", timeout=60).json()
+        deployments = serve.status().applications["cars_one"].deployments
+        assert set(deployments) == {"CarsAPI"}, "one deployment, no Classifier"
+    finally:
+        serve.delete("cars_one")
+
+
 @pytest.mark.parametrize("name, params, data, parts, words", [
     ("three numbers", {"box": "1,2,3"}, None, 1, "box: a box is four numbers x1,y1,x2,y2 in pixels, got '1,2,3'"),
     ("not a number", None, {"box": "1,2,x,4"}, 1, "box: x2 is 'x', not a number"),
