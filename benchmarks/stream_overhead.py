@@ -2,16 +2,15 @@
 model (Lite0, 128 px, batch 32, AdamW) on batches of the streaming path, or on one fixed batch without a stream.
 
     python benchmarks/stream_overhead.py [--steps 40] [--threads 2] [--repeats 2]
-        [--variants model,stream,stream-spin,stream-same-nice] [--out result.json]
+        [--variants model,stream,stream-spin] [--out result.json]
 
 The actor stands in for a streaming training worker (``train.cpus_per_worker=1``, ``train.torch_threads``):
 it holds one of the local Ray's CPUs, so the stream's Ray Data tasks get the other ones. Variants:
 
 - ``model``: the model alone on one fixed uint8 batch (no stream): the actor's ceiling;
 - ``stream``: ``StreamedSplit.train_batches`` of the real train split of ``configs/cpu_parity.yaml``, as the
-  training loop gets them (the code as it is: idle scheduling steps paused, stream tasks at niceness 19);
-- ``stream-spin``: the same without ``IdleStepBackoff`` (Ray 2.60's loop as it comes);
-- ``stream-same-nice``: the same without lowering the stream tasks' priority.
+  training loop gets them (the code as it is: idle scheduling steps paused);
+- ``stream-spin``: the same without ``IdleStepBackoff`` (Ray 2.60's loop as it comes).
 
 Each variant runs ``--repeats`` times, interleaved, in a fresh local Ray; the first 2 steps are not timed. Per
 run: images/s, the actor's CPU (process time over wall time: cores), and the share of the wall time spent
@@ -28,7 +27,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-VARIANTS = ("model", "stream", "stream-spin", "stream-same-nice")
+VARIANTS = ("model", "stream", "stream-spin")
 
 
 def run_variant(variant: str, steps: int, threads: int) -> dict:
@@ -60,21 +59,19 @@ class Trainer:
         import timm
         import torch
 
-        import cars_ray.data.stream as stream
+        from cars_ray.data.stream import StreamedSplit
         from cars_ray.data.blocks import IdleStepBackoff
 
         torch.set_num_threads(threads)
         if variant == "stream-spin":
             IdleStepBackoff.on_execution_step = lambda self, executor: None
-        if variant == "stream-same-nice":
-            stream.STREAM_TASK_NICENESS = None
         model = timm.create_model("tf_efficientnet_lite0", num_classes=196).to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(model.parameters(), 3e-3)
         if variant == "model":
             fixed = (torch.randint(0, 256, (32, 128, 128, 3), dtype=torch.uint8), torch.randint(0, 196, (32,)))
             batches = iter([fixed] * (steps + 3))
         else:
-            split = stream.StreamedSplit(rows, preprocessing, "standard", scale_min, 0.5, 32)
+            split = StreamedSplit(rows, preprocessing, "standard", scale_min, 0.5, 32)
             batches = split.train_batches(0, 1, 0, 1, 32, torch.device("cpu"))
         images, waited, asked = 0, 0.0, time.perf_counter()
         for step, (x, y) in enumerate(batches):

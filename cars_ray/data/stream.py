@@ -39,7 +39,6 @@ training rows, so decoding it each epoch costs about a tenth of an epoch's decod
 from __future__ import annotations
 
 import math
-import os
 from typing import Iterator
 
 import numpy as np
@@ -54,11 +53,6 @@ from cars_ray.data.records import read_records
 from cars_ray.errors import DataError
 from cars_ray.preprocessing import Preprocessing
 
-# The niceness of the processes running stream tasks (Ray starts its workers at 15, the training worker too). The
-# stream runs a window ahead of the model, so its tasks need to keep up on average, not at each moment; at 19 they
-# take the CPU the model's threads leave idle (Python dispatch, the optimizer's step) rather than stall a thread of
-# its parallel operators. Measured on 2 cores (a Lite0 step on 2 threads beside the stream): +10% images/s.
-STREAM_TASK_NICENESS = 19
 RESERVE_SHARE = 0.01  # reserve rows per rank and epoch, as a share of its rows (at least one batch)
 WINDOW_BATCHES = 8  # decoded training batches the object store may hold per stream (backpressure)
 MIN_WINDOW_BYTES = 64 * 1024**2
@@ -97,27 +91,15 @@ def random_geometry(images: np.ndarray, row_ids: np.ndarray, size: int, scale_mi
 
 
 def stream_batch(batch: pd.DataFrame, preprocessing: Preprocessing, geometry: dict | None,
-                 records: str | None = None, niceness: int | None = None) -> dict[str, np.ndarray]:
+                 records: str | None = None) -> dict[str, np.ndarray]:
     """A Ray Data task's work: decode a block of manifest rows (:func:`decode_batch`), or read their decoded
     records from the folder ``records`` (:func:`~cars_ray.data.records.read_records`), unreadable ones dropped
-    either way, and, for training (``geometry``: size, scale_min, hflip, seed, epoch), crop and flip each image.
-    ``niceness``: first raise the task process's niceness to it (``StreamedSplit`` gives ``STREAM_TASK_NICENESS``);
-    the pooled worker keeps it for the later tasks of this job it runs, which matters only while other work
-    wants the CPU."""
-    if niceness is not None:
-        yield_to_the_model(niceness)
+    either way, and, for training (``geometry``: size, scale_min, hflip, seed, epoch), crop and flip each image."""
     decoded = decode_batch(batch, preprocessing) if records is None else read_records(batch, records)
     images = decoded["image"]
     if geometry is not None:
         images = random_geometry(images, decoded["row_id"], **geometry)
     return {"image": images, "label": decoded["label"], "row_id": decoded["row_id"]}
-
-
-def yield_to_the_model(niceness: int) -> None:
-    """Raise this process's niceness to ``niceness`` (never lower it: that needs privileges)."""
-    current = os.nice(0)
-    if current < niceness:
-        os.nice(niceness - current)
 
 
 class StreamedSplit:
@@ -149,8 +131,7 @@ class StreamedSplit:
         side = geometry["size"] if geometry else self.preprocessing.resize
         dataset = dataset_from_frame(self.rows.iloc[positions], ROWS_PER_BLOCK).map_batches(
             stream_batch, batch_format="pandas", batch_size=self.decode_batch_size,
-            fn_kwargs={"preprocessing": self.preprocessing, "geometry": geometry, "records": self.records,
-                       "niceness": STREAM_TASK_NICENESS})
+            fn_kwargs={"preprocessing": self.preprocessing, "geometry": geometry, "records": self.records})
         context = dataset.context  # this dataset's own copy of the DataContext
         context.execution_options.preserve_order = True
         window = max(MIN_WINDOW_BYTES, WINDOW_BATCHES * batch_size * side * side * 3)
