@@ -314,7 +314,7 @@ RANGES = {
     "optim.mixup_prob": (0, 1, True, True), "optim.grad_clip": (0, None, True, True), "optim.ema_decay": (0, 1, True, False),
     "train.epochs": (1, None, True, True), "train.num_workers": (1, None, True, True),
     "train.cpus_per_worker": (0, None, False, True), "train.gpus_per_worker": (0, None, False, True),
-    "train.torch_threads": (0, None, True, True),
+    "train.torch_threads": (0, 256, True, True),  # far past any core count: 100000 crashed a worker
     "train.early_stop_patience": (0, None, True, True), "train.early_stop_min_delta": (0, None, True, True),
     "train.max_failures": (-1, None, True, True), "train.checkpoint_every": (1, None, True, True),
     "train.max_steps_per_epoch": (1, None, True, True),

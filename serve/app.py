@@ -171,9 +171,8 @@ def decode_upload(data: bytes, preprocessing: Preprocessing, max_pixels: int,
         raise UserInputError(status, f"the upload is not a usable image ({err})") from None
 
 
-@serve.deployment(name="Classifier", max_ongoing_requests=32)
-class Classifier:
-    """A model replica: takes an upload's bytes, decodes them, and groups concurrent images into one forward
+class ModelReplica:
+    """A model replica (the class of the ``Classifier`` deployment, and held by the ingress with deployments=one): takes an upload's bytes, decodes them, and groups concurrent images into one forward
     pass with ``@serve.batch``.
 
     The replica decodes, not the ingress. The bytes it is sent are usually far smaller than the decoded array
@@ -220,6 +219,10 @@ class Classifier:
     async def predict_batched(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return list(await asyncio.to_thread(self.model.probs, np.stack(images)))
 
+
+# The deployment wraps a class importable by name, so the ingress can hold one in process (deployments=one): code
+# that refers to a Deployment object pickles it, and Serve then gives its class back as an unpickled copy.
+Classifier = serve.deployment(name="Classifier", max_ongoing_requests=32)(ModelReplica)
 
 api = FastAPI(title="cars_ray classifier", description="Fine-grained car model recognition (Stanford Cars classes).")
 
@@ -293,12 +296,15 @@ def multipart_files(content_type: str, body: bytes) -> tuple[list[tuple[str | No
     return files, fields
 
 
-def one_setting(name: str, query: str | None, fields: dict[str, list[str]]) -> str | None:
-    """The value of a request setting (``topk``, ``box``) given as a query parameter or as a form field, or
-    None; given twice (both ways, or one field repeated) is a 422 naming it, never a silent choice."""
-    given = ([query] if query is not None else []) + fields.get(name, [])
+def one_setting(name: str, query: list[str], fields: dict[str, list[str]]) -> str | None:
+    """The value of a request setting (``topk``, ``box``) given as a query parameter (``query``: every value the
+    query string holds for it) or as a form field, or None; given more than once (both ways, or either one
+    repeated) is a 422 naming it and where it was given, never a silent choice."""
+    given = list(query) + fields.get(name, [])
     if len(given) > 1:
-        raise UserInputError(422, f"{name} is given {len(given)} times (query parameter and form fields); give it once")
+        where = " and ".join(f"{count} as {kind}" for count, kind in
+                             ((len(query), "query parameter"), (len(fields.get(name, [])), "form field")) if count)
+        raise UserInputError(422, f"{name} is given {len(given)} times ({where}); give it once")
     return given[0] if given else None
 
 
@@ -318,7 +324,7 @@ class CarsAPI:
     def __init__(self, classifier: DeploymentHandle | ServeArgs, max_body_bytes: int, max_files: int):
         # deployments=one: the ServeArgs, and this replica holds the model itself (the same Classifier, in process)
         self.classifier = classifier if isinstance(classifier, DeploymentHandle) else None
-        self.model = Classifier.func_or_class(classifier) if self.classifier is None else None
+        self.model = ModelReplica(classifier) if self.classifier is None else None
         self.max_body_bytes = max_body_bytes
         self.max_files = max_files
         self._info: dict[str, Any] | None = None
@@ -349,14 +355,16 @@ class CarsAPI:
               responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 405: {"model": ErrorBody},
                          413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
     async def predict(self, request: Request, topk: str | None = None, box: str | None = None):
+        # topk and box are declared for the OpenAPI page; their values are read from the query string below
         """One image (raw body or one 'file' part): Prediction, of the crop to ``box`` when one is given
         (query parameter or form field ``box=x1,y1,x2,y2``). Several 'file' parts: Predictions, a result
         (predictions, or the error of that part) per part in the order sent, up to max_files."""
         try:
             info = await self.info()
             uploads, fields = await self.read_uploads(request)
-            k = self.parse_topk(one_setting("topk", topk, fields), len(info["class_names"]))
-            crop_box = request_box(one_setting("box", box, fields))
+            # every value of the query string, not FastAPI's last one: ?box=a&box=b is a 422, never a silent choice
+            k = self.parse_topk(one_setting("topk", request.query_params.getlist("topk"), fields), len(info["class_names"]))
+            crop_box = request_box(one_setting("box", request.query_params.getlist("box"), fields))
             if crop_box is not None and len(uploads) > 1:
                 raise UserInputError(422, f"box applies to one photo, but the request has {len(uploads)} 'file' "
                                           "parts: send each photo with its box in a request of its own")

@@ -149,12 +149,14 @@ def test_serve_reads_box_and_topk_from_the_query_or_the_form_once():
     content_type, body = multipart_body([("file", "a.jpg", b"jpeg"), ("box", None, b"1,2,30,40"), ("topk", None, b"3")])
     files, fields = multipart_files(content_type, body)
     assert files == [("a.jpg", b"jpeg")] and fields == {"box": ["1,2,30,40"], "topk": ["3"]}
-    assert request_box(one_setting("box", None, fields)) == (1.0, 2.0, 30.0, 40.0)
-    assert one_setting("topk", None, fields) == "3" and one_setting("topk", "2", {}) == "2"
-    assert one_setting("box", None, {}) is None and request_box(None) is None
-    with pytest.raises(UserInputError, match="^topk is given 2 times") as caught:
-        one_setting("topk", "2", fields)
-    assert caught.value.status == 422
+    assert request_box(one_setting("box", [], fields)) == (1.0, 2.0, 30.0, 40.0)
+    assert one_setting("topk", [], fields) == "3" and one_setting("topk", ["2"], {}) == "2"
+    assert one_setting("box", [], {}) is None and request_box(None) is None
+    for query, form, where in ((["2"], fields, "1 as query parameter and 1 as form field"),
+                               (["2", "3"], {}, "2 as query parameter"), ([], {"topk": ["2", "2"]}, "2 as form field")):
+        with pytest.raises(UserInputError, match=rf"^topk is given 2 times \({where}\); give it once$") as caught:
+            one_setting("topk", query, form)
+        assert caught.value.status == 422
     with pytest.raises(UserInputError, match=r"^box: x2 is 'b', not a number \(box=x1,y1,x2,y2 in pixels") as caught:
         request_box("1,2,b,4")
     assert caught.value.status == 422

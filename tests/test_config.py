@@ -46,6 +46,7 @@ def test_notebook_recipe_is_the_notebook():
     ("data.box_margin=inf", "data.box_margin must be a finite number, got inf"),
     ("optim.mixup_prob=1.5", r"optim.mixup_prob is 1.5; it must be in \[0, 1\]"),
     ("train.torch_threads=-1", r"train.torch_threads is -1; it must be"),
+    ("train.torch_threads=100000", r"train.torch_threads is 100000; it must be in \[0, 256\]"),
     ("train.early_stop_metric=val_f1", "train.early_stop_metric is 'val_f1', which training does not report"),
     ("train.select_metric=top1", "train.select_metric is 'top1', which training does not report"),
     ("tune.metric=val_acc", "tune.metric is 'val_acc', which training does not report"),

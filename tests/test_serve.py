@@ -162,6 +162,7 @@ def test_one_deployment_answers_as_two_do(served, checkpoint):
      "box does not fit the photo (bad box: (200,100,300,200) lies outside the 120x90 image)"),
     ("query and form", {"box": "1,2,30,40"}, {"box": "1,2,30,40"}, 1, "box is given 2 times"),
     ("topk twice", {"topk": "2"}, {"topk": "3"}, 1, "topk is given 2 times"),
+    ("box twice in the query", {"box": ["1,2,30,40", "0,0,10,10"]}, None, 1, "box is given 2 times (2 as query parameter)"),
     ("topk form out of range", None, {"topk": "0"}, 1, "topk must be from 1 to 4, got 0"),
     ("box with two photos", {"box": "1,2,30,40"}, None, 2, "box applies to one photo, but the request has 2 'file' parts"),
 ])

@@ -92,6 +92,8 @@ def fit(cfg: Config, output_dir: str, resume: bool = False, evaluate_test: bool 
     scaling = scaling_config(cfg)
     device = f"{scaling.num_workers} worker(s) x " + (f"{cfg.train.gpus_per_worker:g} GPU" if scaling.use_gpu
                                                        else f"{cfg.train.cpus_per_worker:g} CPU")
+    if cfg.train.torch_threads:
+        device += f" ({cfg.train.torch_threads} torch threads each)"
     note(f"[cars_ray] {manifest.layout} data at {manifest.root}: {manifest.num_classes} classes; "
          + ", ".join(f"{name} {int((table.split == name).sum())}" for name in ("train", "val", "test"))
          + f"; {cfg.model.backbone} at {cfg.data.image_size} px on {device}"
