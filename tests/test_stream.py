@@ -186,22 +186,21 @@ def test_streamed_epochs_repeat_give_equal_full_batches_and_name_unreadable_imag
     assert sum(len(labels) for labels in seen) == 118 and val.skipped in (["0007.jpg"], ["0064.jpg"], [])
 
 
-def wide_rows(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-    """A map whose output (256 KB a row) soon fills a small object-store window."""
-    return {"id": batch.id.to_numpy(), "pixels": np.zeros((len(batch), 256 * 1024), np.uint8)}
-
-
 @pytest.mark.slow
 def test_a_slow_consumer_leaves_the_scheduling_loop_paused_not_spinning(ray_local):
     """Ray 2.60's scheduling loop runs in the iterating process and, once a slow consumer holds back every task's
     output, spins on ray.wait, holding the GIL the consumer's model needs (issue #22: a 1-CPU worker trained at
     14 instead of 21 images/s). ``IdleStepBackoff``, which every dataset of ``dataset_from_frame`` carries,
     pauses those steps: the process then uses little CPU while its consumer sleeps."""
+    def wide_rows(batch: pd.DataFrame) -> dict[str, np.ndarray]:  # nested: Ray's workers cannot import this module
+        """A map whose output (256 KB a row) soon fills a small object-store window."""
+        return {"id": batch.id.to_numpy(), "pixels": np.zeros((len(batch), 256 * 1024), np.uint8)}
+
     dataset = dataset_from_frame(pd.DataFrame({"id": np.arange(2000)}), 16).map_batches(wide_rows, batch_format="pandas")
     assert IdleStepBackoff in dataset.context.custom_execution_callback_classes, "derived datasets keep the pause"
     dataset.context.execution_options.resource_limits = dataset.context.execution_options.resource_limits.copy(
         object_store_memory=16 * 1024**2)  # a few blocks of 4 MB: backpressure within the first second
-    batches = dataset.iter_batches(batch_size=16, batch_format="numpy", prefetch_batches=0)
+    batches = iter(dataset.iter_batches(batch_size=16, batch_format="numpy", prefetch_batches=0))
     next(batches)  # the executor is running
     started, cpu_started = time.perf_counter(), time.process_time()
     for _ in batches:
@@ -209,8 +208,9 @@ def test_a_slow_consumer_leaves_the_scheduling_loop_paused_not_spinning(ray_loca
         if time.perf_counter() - started > 3:
             break
     cpu_share = (time.process_time() - cpu_started) / (time.perf_counter() - started)
-    batches.close() if hasattr(batches, "close") else None
-    assert cpu_share < 0.25, f"the iterating process used {cpu_share:.2f} of a core while its consumer slept"
+    getattr(batches, "close", lambda: None)()
+    # measured on the 2-core machine: 0.25-0.26 of a core with the pause, 0.74-0.76 with Ray's loop spinning
+    assert cpu_share < 0.45, f"the iterating process used {cpu_share:.2f} of a core while its consumer slept"
 
 
 SMALL_STORE_SCRIPT = textwrap.dedent("""
