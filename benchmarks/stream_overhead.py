@@ -30,24 +30,31 @@ sys.path.insert(0, REPO)
 VARIANTS = ("model", "stream", "stream-spin")
 
 
-def run_variant(variant: str, steps: int, threads: int) -> dict:
-    import ray
-
+def parity_train_split():
+    """(train rows as ``split_rows`` gives them, preprocessing, rrc_scale_min) of ``configs/cpu_parity.yaml`` on
+    the shared copy: read once, before any run."""
     from cars_ray.config import load_config
     from cars_ray.data.loading import load_training_table, split_rows
     from cars_ray.preprocessing import Preprocessing
-    from cars_ray.runtime import start_local_ray
 
     data = os.path.join(REPO, "..", "shared", "data", "stanford-cars")
     cfg = load_config(os.path.join(REPO, "configs", "cpu_parity.yaml"),
                       [f"data.root_dir={os.path.join(data, 'cropped_train')}", f"data.split_file={os.path.join(data, 'split.csv')}"])
     _, table = load_training_table(cfg)
-    preprocessing = Preprocessing.from_config(cfg)
+    return split_rows(table[table.split == "train"]), Preprocessing.from_config(cfg), cfg.data.rrc_scale_min
+
+
+def run_variant(variant: str, split: tuple, steps: int, threads: int) -> dict:
+    """One run of ``variant`` in a fresh local Ray, on ``split`` (:func:`parity_train_split`)."""
+    import ray
+
+    from cars_ray.runtime import start_local_ray
+
+    rows, preprocessing, scale_min = split
     start_local_ray(include_dashboard=False, log_to_driver=False)
     try:
-        rows = ray.put(split_rows(table[table.split == "train"]))
         worker = ray.remote(num_cpus=1)(Trainer).remote()
-        return ray.get(worker.run.remote(variant, rows, preprocessing, cfg.data.rrc_scale_min, steps, threads))
+        return ray.get(worker.run.remote(variant, ray.put(rows), preprocessing, scale_min, steps, threads))
     finally:
         ray.shutdown()
 
@@ -59,8 +66,8 @@ class Trainer:
         import timm
         import torch
 
-        from cars_ray.data.stream import StreamedSplit
         from cars_ray.data.blocks import IdleStepBackoff
+        from cars_ray.data.stream import StreamedSplit
 
         torch.set_num_threads(threads)
         if variant == "stream-spin":
@@ -107,11 +114,11 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)}; the variants are {', '.join(VARIANTS)}")
-    runs = []
+    split, runs = parity_train_split(), []
     for repeat in range(args.repeats):
         for variant in variants:
             load = os.getloadavg()[0]
-            result = {**run_variant(variant, args.steps, args.threads), "repeat": repeat + 1, "load_before": load}
+            result = {**run_variant(variant, split, args.steps, args.threads), "repeat": repeat + 1, "load_before": load}
             runs.append(result)
             print(json.dumps(result), flush=True)
     document = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "steps": args.steps, "runs": runs}

@@ -172,8 +172,9 @@ def decode_upload(data: bytes, preprocessing: Preprocessing, max_pixels: int,
 
 
 class ModelReplica:
-    """A model replica (the class of the ``Classifier`` deployment, and held by the ingress with deployments=one): takes an upload's bytes, decodes them, and groups concurrent images into one forward
-    pass with ``@serve.batch``.
+    """A model replica (the class of the ``Classifier`` deployment, held in process by the ingress with
+    deployments=one): takes an upload's bytes, decodes them, and groups concurrent images into one forward pass
+    with ``@serve.batch``.
 
     The replica decodes, not the ingress. The bytes it is sent are usually far smaller than the decoded array
     (benchmarks/serve_load.py's 6.8 KB JPEG against 150 KB at 224 px). Such an array is over Ray's 100 KB inline

@@ -27,14 +27,12 @@ class IdleStepBackoff(ExecutionCallback):
 
     def __init__(self) -> None:
         self.last: tuple | None = None
-        self.pauses = 0  # how many steps paused (tests read it)
 
     def on_execution_step(self, executor) -> None:
         topology = executor._topology  # Ray 2.60: {operator: state}; pinned in pyproject (ray <2.61)
         moved = tuple((m.num_tasks_submitted, m.num_tasks_finished, m.num_task_outputs_generated, m.num_outputs_taken)
                       for m in (op.metrics for op in topology))
         if moved == self.last:
-            self.pauses += 1
             time.sleep(IDLE_STEP_SLEEP_S)
         self.last = moved
 
