@@ -65,18 +65,20 @@ def train_args(world: dict, out: Path, storage: str, epochs: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def s3_store():
-    """An S3-compatible store on loopback (moto's server); the URI carries endpoint and keys for every node."""
-    server = pytest.importorskip("moto.server", reason="moto[server] (the test extra) is not installed")
+    """An S3-compatible store on loopback (moto's server, one checkpoint folder admitted: ``helpers.s3``); the
+    URI carries endpoint and keys for every node."""
+    pytest.importorskip("moto.server", reason="moto[server] (the test extra) is not installed")
     boto3 = pytest.importorskip("boto3")
+    from helpers.s3 import GatedS3Store
+
     port = free_port()
-    moto = server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
+    store = GatedS3Store(port, tickets=1)
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
     client.create_bucket(Bucket="cars-ray")
-    yield {"client": client,
+    yield {"client": client, "gate": store.gate,
            "uri": f"s3://testing:testing@cars-ray/ray_results?scheme=http&endpoint_override=127.0.0.1:{port}&region=us-east-1"}
-    moto.stop()
+    store.stop()
 
 
 def committed_full_checkpoints(store: dict, run: str = "demo") -> int:
@@ -101,30 +103,34 @@ def wait_for(condition, driver: subprocess.Popen, log: Path, timeout: float = 30
 def test_training_loses_a_node_then_its_driver_and_finishes_from_an_s3_store(cluster, world, s3_store, tmp_path):
     """Two workers on two nodes, checkpoints in an S3-compatible store. node_b dies after the first full
     checkpoint: FailureConfig restarts the run on node_a and the replacement node_c from that checkpoint.
-    Then the driver dies: a fresh driver's --resume finishes the full epoch count from the store."""
+    Then the driver dies after the restarted run's first checkpoint: a fresh driver's --resume finishes the
+    full epoch count from the store. The store holds every further checkpoint until the test admits it, so
+    the deaths fall between the same checkpoints however fast the epochs run."""
+    gate = s3_store["gate"]
     out, log = world["shared"] / "s3_run", tmp_path / "train.log"
     args = train_args(world, out, s3_store["uri"], 8)
     driver = start_pipeline(cluster, "train.py", *args, log=log)
-    wait_for(lambda: committed_full_checkpoints(s3_store), driver, log)
+    wait_for(lambda: committed_full_checkpoints(s3_store) == 1 and gate.held(), driver, log)
     placed, nodes = worker_nodes(cluster), {cluster.nodes[name].node_id for name in ("node_a", "node_b")}
+    gate.admit(1)  # the restarted run's first checkpoint; the held one belongs to the group about to die
     cluster.kill("node_b")  # the node: its raylet, the worker on it, its object store
     cluster.add("node_c")   # the replacement the autoscaler would bring
     assert placed == nodes, "one training worker on each worker node"
 
-    wait_for(lambda: "resumed from the checkpoint of epoch" in log.read_text(), driver, log)
+    wait_for(lambda: "resumed from the checkpoint of epoch 1;" in log.read_text(), driver, log)
     assert worker_nodes(cluster) == {cluster.nodes[name].node_id for name in ("node_a", "node_c")}
-    committed = committed_full_checkpoints(s3_store)
-    wait_for(lambda: committed_full_checkpoints(s3_store) > committed, driver, log)  # one more after the restart
+    wait_for(lambda: committed_full_checkpoints(s3_store) == 2, driver, log)  # epoch 2, after the restart
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=60)
     assert not (out / "metrics.csv").exists(), "the first driver did not finish"
 
+    gate.open()
     code, output = call_on_cluster(cluster, "train.py", *args, "--resume", log=tmp_path / "resume.log")
     assert code == 0, output[-4000:]
     history = pd.read_csv(out / "metrics.csv")
     assert list(history.epoch) == list(range(1, 9)), "the full epoch count"
     assert history.resumes.iloc[-1] == 2, "restarted once by FailureConfig, once by --resume"
-    assert "resumed from the checkpoint of epoch" in output
+    assert "resumed from the checkpoint of epoch 2;" in output
     assert (out / "best" / "model.pt").exists()
 
 
