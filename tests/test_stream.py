@@ -186,6 +186,38 @@ def test_streamed_epochs_repeat_give_equal_full_batches_and_name_unreadable_imag
     assert sum(len(labels) for labels in seen) == 118 and val.skipped in (["0007.jpg"], ["0064.jpg"], [])
 
 
+def test_the_idle_pause_doubles_while_the_loop_spins_and_never_delays_a_step_that_waited(monkeypatch):
+    """IdleStepBackoff on a fake executor and clock: quick steps with nothing moved pause 10, 20, 40, 80, 80 ms;
+    anything moving resets the pause; a step that waited (in ray.wait, for tasks still decoding) is not paused."""
+    from types import SimpleNamespace
+
+    import cars_ray.data.blocks as blocks
+
+    clock, pauses = [0.0], []
+    monkeypatch.setattr(blocks.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(blocks.time, "sleep", lambda seconds: (pauses.append(round(seconds, 3)),
+                                                              clock.__setitem__(0, clock[0] + seconds)))
+    metrics = SimpleNamespace(num_tasks_submitted=4, num_tasks_finished=4, num_task_outputs_generated=4,
+                              num_outputs_taken=0)
+    executor = SimpleNamespace(_topology=[SimpleNamespace(metrics=metrics)])  # iterated as Ray iterates its operators
+    backoff = blocks.IdleStepBackoff()
+
+    def step(seconds: float) -> None:  # Ray's own step took ``seconds``, then the callback ran
+        clock[0] += seconds
+        backoff.on_execution_step(executor)
+
+    for _ in range(6):
+        step(0.002)
+    assert pauses == [0.01, 0.02, 0.04, 0.08, 0.08], "the first step saw its metrics for the first time"
+    metrics.num_outputs_taken += 1  # the consumer took an output
+    step(0.002)
+    step(0.002)
+    assert pauses[5:] == [0.01], "a move resets the pause"
+    step(0.1)  # ray.wait waited its 100 ms: a starving consumer
+    step(0.1)
+    assert pauses[6:] == [], "a step that waited is not paused"
+
+
 @pytest.mark.slow
 def test_a_slow_consumer_leaves_the_scheduling_loop_paused_not_spinning(ray_local):
     """Ray 2.60's scheduling loop runs in the iterating process and, once a slow consumer holds back every task's
