@@ -74,20 +74,28 @@ def train_stream_positions(num_rows: int, seed: int, epoch: int, rank: int, worl
 def random_geometry(images: np.ndarray, row_ids: np.ndarray, size: int, scale_min: float, hflip: float,
                     seed: int, epoch: int) -> np.ndarray:
     """The training random resized crop (area in [scale_min, 1], ratio in [3/4, 4/3]: the cached path's
-    :func:`~cars_ray.data.augment.crop_boxes` and :func:`~cars_ray.data.augment.resized_crops`) to ``size`` and a
-    horizontal flip with probability ``hflip``, for uint8 (N, R, R, 3) images; each row's five draws come from
-    ``(seed, epoch, row_id)`` alone, so an epoch's augmentation repeats. Returns uint8 (N, size, size, 3)."""
-    from cars_ray.data.augment import LOG_RATIO, crop_boxes, resized_crops
+    :func:`~cars_ray.data.augment.crop_boxes`) to ``size`` and a horizontal flip with probability ``hflip``, for
+    uint8 (N, R, R, 3) images; each row's five draws come from ``(seed, epoch, row_id)`` alone, so an epoch's
+    augmentation repeats. Returns uint8 (N, size, size, 3).
 
+    Each crop is Pillow's bilinear resize of the box (``Image.resize(box=...)``, sub-pixel and anti-aliased): the
+    cached path's :func:`~cars_ray.data.augment.resized_crops` (roi_align on float batches) within one grey level
+    (mean 0.14 on parity crops), at a third of its CPU in a decode task (0.4-0.6 against 1.2-1.5 ms per 128 px
+    image, measured on the 2-core machine)."""
+    from PIL import Image
+
+    from cars_ray.data.augment import LOG_RATIO, crop_boxes
+
+    out = np.empty((len(images), size, size, 3), np.uint8)
     if not len(images):
-        return np.zeros((0, size, size, 3), np.uint8)
-    draws = torch.from_numpy(np.stack([np.random.default_rng([seed, epoch, int(row_id)]).random(5)
-                                       for row_id in row_ids]).astype(np.float32))
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    boxes = crop_boxes(*draws[:, :4].unbind(1), x.shape[2], x.shape[3], (scale_min, 1.0), LOG_RATIO)
-    x = resized_crops(x, boxes, size)
-    x = torch.where((draws[:, 4] < hflip).view(-1, 1, 1, 1), x.flip(-1), x)
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return out
+    draws = np.stack([np.random.default_rng([seed, epoch, int(row_id)]).random(5) for row_id in row_ids])
+    draws32 = torch.from_numpy(draws.astype(np.float32))
+    boxes = crop_boxes(*draws32[:, :4].unbind(1), images.shape[1], images.shape[2], (scale_min, 1.0), LOG_RATIO)
+    for index, (image, box) in enumerate(zip(images, boxes.tolist())):
+        crop = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=tuple(box)))
+        out[index] = crop[:, ::-1] if draws32[index, 4] < hflip else crop
+    return out
 
 
 def stream_batch(batch: pd.DataFrame, preprocessing: Preprocessing, geometry: dict | None,
