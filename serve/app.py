@@ -297,6 +297,20 @@ def multipart_files(content_type: str, body: bytes) -> tuple[list[tuple[str | No
     return files, fields
 
 
+SETTINGS = ("topk", "box")  # what POST /predict reads from the query string or the form, besides the 'file' parts
+
+
+def known_settings(query: list[str], fields: dict[str, list[str]]) -> None:
+    """A query parameter or form field that is not a setting (``top_k`` for ``topk``) is a 422 naming it, never
+    ignored: the answer would otherwise use the default the user meant to change."""
+    unknown = [(name, "query parameter") for name in dict.fromkeys(query) if name not in SETTINGS]
+    unknown += [(name, "form field") for name in fields if name not in SETTINGS]
+    if unknown:
+        named = ", ".join(f"{name!r} ({kind})" for name, kind in unknown)
+        raise UserInputError(422, f"unknown setting {named}; the settings are {' and '.join(SETTINGS)}, and the "
+                                  "photos are sent as the body or as 'file' parts")
+
+
 def one_setting(name: str, query: list[str], fields: dict[str, list[str]]) -> str | None:
     """The value of a request setting (``topk``, ``box``) given as a query parameter (``query``: every value the
     query string holds for it) or as a form field, or None; given more than once (both ways, or either one
@@ -363,6 +377,7 @@ class CarsAPI:
         try:
             info = await self.info()
             uploads, fields = await self.read_uploads(request)
+            known_settings(list(request.query_params.keys()), fields)
             # every value of the query string, not FastAPI's last one: ?box=a&box=b is a 422, never a silent choice
             k = self.parse_topk(one_setting("topk", request.query_params.getlist("topk"), fields), len(info["class_names"]))
             crop_box = request_box(one_setting("box", request.query_params.getlist("box"), fields))

@@ -165,6 +165,8 @@ def test_one_deployment_answers_as_two_do(served, checkpoint):
     ("box twice in the query", {"box": ["1,2,30,40", "0,0,10,10"]}, None, 1, "box is given 2 times (2 as query parameter)"),
     ("topk form out of range", None, {"topk": "0"}, 1, "topk must be from 1 to 4, got 0"),
     ("box with two photos", {"box": "1,2,30,40"}, None, 2, "box applies to one photo, but the request has 2 'file' parts"),
+    ("a misspelt setting", {"top_k": "3"}, None, 1, "unknown setting 'top_k' (query parameter); the settings are topk and box"),
+    ("an unknown form field", None, {"crop": "1,2,30,40"}, 1, "unknown setting 'crop' (form field)"),
 ])
 def test_a_bad_box_or_setting_gets_a_422_naming_it(served, name, params, data, parts, words):
     files = [("file", (f"{i}.jpg", two_tone_jpeg(), "image/jpeg")) for i in range(parts)]
