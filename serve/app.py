@@ -293,7 +293,8 @@ def multipart_files(content_type: str, body: bytes) -> tuple[list[tuple[str | No
             name = options[b"name"].decode("utf-8", "replace")
             fields.setdefault(name, []).append(bytes(part["data"]).decode("utf-8", "replace"))
     if not files:
-        raise UserInputError(400, "the multipart form has no 'file' field with an image")
+        given = f" (its fields: {', '.join(map(repr, fields))})" if fields else ""  # top_k=3 alone: say what came
+        raise UserInputError(400, f"the multipart form has no 'file' field with an image{given}")
     return files, fields
 
 

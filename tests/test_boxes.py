@@ -59,6 +59,21 @@ def test_the_crop_is_trainings_grown_by_the_margin_and_clamped(tmp_path):
         PREP.decode_crop(str(photo), (200, 100, 300, 200))
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.1])
+def test_a_box_wider_than_a_float_holds_is_the_whole_photo(tmp_path, margin):
+    """Finite corners whose width overflows to inf (a newcomer's ``box=-1e308,-1e308,1e308,1e308``): the crop is
+    the whole photo, with or without a margin, never NaN (a 500 in Serve, a traceback in predict.py)."""
+    photo = tmp_path / "two_tone.png"
+    two_tone_png(photo)
+    box = parse_box("-1e308,-1e308,1e308,1e308", "box")
+    assert dataclasses.replace(PREP, box_margin=margin).decode_crop(str(photo), box)[1] == (0, 0, 120, 90)
+    # one huge side: clamped there; a margin grows the box by a tenth of its (huge) size, so to the whole photo
+    expected = (0, 10, 50, 90) if not margin else (0, 0, 120, 90)
+    assert dataclasses.replace(PREP, box_margin=margin).decode_crop(str(photo), (-1e308, 10, 50, 1e308))[1] == expected
+    with pytest.raises(BoxError, match=r"lies outside the 120x90 image"):
+        dataclasses.replace(PREP, box_margin=margin).decode_crop(str(photo), (1e308, 0, 1.5e308, 50))
+
+
 def test_the_protocol_decides_which_dataset_rows_are_cropped(tmp_path):
     from cars_ray.data.loading import decode_batch
 

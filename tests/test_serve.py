@@ -176,6 +176,12 @@ def test_a_bad_box_or_setting_gets_a_422_naming_it(served, name, params, data, p
     assert error.startswith(words) and "\n" not in error, (name, error)
 
 
+def test_a_form_without_a_file_part_is_a_400_naming_the_fields_it_had(served):
+    response = requests.post(f"{served}/predict", files={"top_k": (None, "3")}, timeout=60)  # multipart, no 'file'
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "the multipart form has no 'file' field with an image (its fields: 'top_k')"
+
+
 def multipart(parts: list[tuple[str | None, bytes]], boundary: str = "cars-ray-test") -> tuple[bytes, dict]:
     """A multipart/form-data body whose parts are all named 'file'; a filename None leaves it out (RFC 7578
     allows it, as curl and several clients send it), "" sends it empty."""

@@ -142,9 +142,11 @@ def clamp_box(box: tuple[float, float, float, float], width: int, height: int,
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         raise BoxError(f"bad box: inverted or empty ({x1:g},{y1:g},{x2:g},{y2:g})")
-    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
-    left, top = max(0, math.floor(x1 - dx)), max(0, math.floor(y1 - dy))
-    right, bottom = min(width, math.ceil(x2 + dx)), min(height, math.ceil(y2 + dy))
+    # A box of finite corners can still be wider than a float holds (x1=-1e308, x2=1e308: inf), and 0 * inf is NaN:
+    # no margin is no growth, and the clamp comes before the rounding, so such a box is the whole image.
+    dx, dy = ((x2 - x1) * margin, (y2 - y1) * margin) if margin else (0.0, 0.0)
+    left, top = math.floor(max(0.0, x1 - dx)), math.floor(max(0.0, y1 - dy))
+    right, bottom = math.ceil(min(float(width), x2 + dx)), math.ceil(min(float(height), y2 + dy))
     if right <= left or bottom <= top:
         raise BoxError(f"bad box: ({x1:g},{y1:g},{x2:g},{y2:g}) lies outside the {width}x{height} image")
     return left, top, right, bottom
