@@ -215,6 +215,13 @@ def start_output(path: str, pipeline: str) -> None:
     write_json(os.path.join(path, OUTPUT_MARKER), {"pipeline": pipeline, "started": started})
 
 
+def check_earlier_file(path: str, overwrite: bool, flag: str) -> None:
+    """A single-file output (``split.py``, ``predict.py``, ``export.py``, ``compare.py``): refuse to replace an
+    existing ``path`` unless --overwrite was given. Fails with one sentence (DataError)."""
+    if os.path.exists(path) and not overwrite:
+        raise DataError(f"{flag} {path} already exists; replace it with --overwrite")
+
+
 def check_earlier_folder(path: str, pipeline: str, markers: Sequence[str], resume: bool, overwrite: bool,
                          flag: str = "--output-dir", can_resume: bool = True, resume_fresh: bool = False) -> bool:
     """:func:`check_earlier_output` for an output folder: its marker (written first by :func:`start_output`)

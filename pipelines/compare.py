@@ -17,7 +17,7 @@ import pandas as pd
 
 from cars_ray.cli import EXIT_OK, make_parser, run_main
 from cars_ray.errors import DataError
-from cars_ray.outputs import check_earlier_output, check_output_path, write_figure
+from cars_ray.outputs import check_earlier_file, check_output_path, write_figure
 
 COLUMNS = ["run", "recipe", "best_epoch", "best_val_top1", "test_top1", "wall_seconds", "images_per_second"]
 # How each figure prints: top-1 as a fraction, times in seconds with one decimal, throughput whole; "-" when absent.
@@ -95,8 +95,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     out = check_output_path(args.out, "file", args.runs, "--out")
-    check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
-                         can_resume=False)
+    check_earlier_file(out, args.overwrite, "--out")
     rows = [read_run(run) for run in args.runs]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table = table.sort_values("test_top1", ascending=False, na_position="last").reset_index(drop=True)

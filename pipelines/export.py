@@ -38,7 +38,7 @@ from cars_ray.errors import DataError
 from cars_ray.evaluate.batch_predict import expand_inputs
 from cars_ray.export import compare_int8, quantize_int8
 from cars_ray.inference.onnx import PARITY_TOLERANCE, export_checked, parity_images
-from cars_ray.outputs import check_earlier_output, check_output_path
+from cars_ray.outputs import check_earlier_file, check_output_path
 from cars_ray.preprocessing import Preprocessing
 from cars_ray.runtime import WarningCount, configure_logging
 
@@ -76,8 +76,7 @@ def main(argv=None) -> int:
     inputs = [args.checkpoint, *(args.images or []), args.calibration_dir and resolve_root(args.calibration_dir),
               args.root_dir and resolve_root(args.root_dir), args.split_file]
     out = check_output_path(args.out, "file", inputs, "--out")
-    check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
-                         can_resume=False)
+    check_earlier_file(out, args.overwrite, "--out")
     # The quantizer logs a warning per clipped bias through the root logger: off the console, counted.
     configure_logging(args.verbose, None)
     library_warnings = WarningCount()

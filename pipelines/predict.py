@@ -25,7 +25,7 @@ from cars_ray.config import BOX_FRAMES
 from cars_ray.evaluate.batch_predict import expand_inputs, predict_files, read_box_manifest
 from cars_ray.inference.model import check_model
 from cars_ray.data.layouts import resolve_root
-from cars_ray.outputs import check_earlier_output, check_output_path, write_csv
+from cars_ray.outputs import check_earlier_file, check_output_path, write_csv
 from cars_ray.runtime import add_ray_arguments, check_ray_arguments, init_ray
 
 
@@ -69,8 +69,7 @@ def main(argv=None) -> int:
     reads = paths + ([os.path.join(args.checkpoint, name) for name in os.listdir(args.checkpoint)]
                      if os.path.isdir(args.checkpoint) else [])
     output = check_output_path(args.output, "file", [args.checkpoint, *inputs], "--output", reads=reads)
-    check_earlier_output(os.path.dirname(output), [os.path.basename(output)], False, args.overwrite,
-                         "the folder of --output", can_resume=False)
+    check_earlier_file(output, args.overwrite, "--output")
     check_ray_arguments(args)
     init_ray(args)
     predictions = predict_files(args.checkpoint, paths, args.topk, args.tta, meta, boxes=boxes,
@@ -78,7 +77,8 @@ def main(argv=None) -> int:
     write_csv(output, predictions)
     failed = int((predictions.error != "").sum())
     cropped = f", {int((predictions.box != '').sum())} cropped to their box" if boxes else ""
-    print(f"wrote {args.output}: {len(predictions)} images{cropped}, {failed} with an error")
+    counted = "manifest rows" if boxes else "images"  # a manifest may name one photo in several rows (boxes)
+    print(f"wrote {args.output}: {len(predictions)} {counted}{cropped}, {failed} with an error")
     return EXIT_OK
 
 

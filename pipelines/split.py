@@ -16,13 +16,12 @@ the first copy (by path) of each, counting and naming the rest. Rows of the data
 
 from __future__ import annotations
 
-import os
 
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
 from cars_ray.data.layouts import LAYOUTS, dataset_files, read_dataset
 from cars_ray.data.split import (PROTOCOLS, drop_duplicates, exact_duplicates, keep_copies_together, split_warnings,
                                  stratified_split, write_split)
-from cars_ray.outputs import check_earlier_output, check_output_path
+from cars_ray.outputs import check_earlier_file, check_output_path
 
 
 def main(argv=None) -> int:
@@ -44,8 +43,7 @@ def main(argv=None) -> int:
     manifest = read_dataset(args.root_dir, args.layout)
     # A split file beside the images is the usual place; it must only not replace one of the dataset's files.
     out = check_output_path(args.out, "file", [args.root_dir, manifest.root], "--out", reads=dataset_files(manifest))
-    check_earlier_output(os.path.dirname(out), [os.path.basename(out)], False, args.overwrite, "the folder of --out",
-                         can_resume=False)
+    check_earlier_file(out, args.overwrite, "--out")
     for line in manifest.reading_summary():
         print(line)
     groups = exact_duplicates(manifest)

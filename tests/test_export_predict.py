@@ -83,7 +83,7 @@ def test_predict_box_manifest_crops_as_training_on_the_checkpoint_and_its_onnx_f
         code, out, err = call_pipeline("predict.py", "--checkpoint", str(model), "--manifest", str(manifest),
                                        "--output", str(output))
         assert code == 0, out + err[-3000:]
-        assert "5 images, 2 cropped to their box, 1 with an error" in out
+        assert "5 manifest rows, 2 cropped to their box, 1 with an error" in out
         frame = pd.read_csv(output, keep_default_na=False)
         assert list(frame.path) == [str(photos / n) for n in ("street.png", "red_half.png", "street.png", "street.png",
                                                               "street.png")]

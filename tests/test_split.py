@@ -128,3 +128,14 @@ def test_official_protocol_on_a_crop_output_reads_its_crops_csv(tmp_path):
     code, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(tmp_path / "s2.csv"),
                                     "--protocol", "official")
     assert code == 2 and "keeps them in its crops.csv, absent here); use --protocol random" in stderr.strip().splitlines()[-1]
+
+
+def test_an_existing_split_file_is_replaced_only_with_overwrite(tmp_path):
+    """split.py, predict.py, export.py and compare.py write one file each (outputs.check_earlier_file)."""
+    from helpers.entry_points import call_pipeline
+
+    root, out = small_classes(tmp_path / "small"), tmp_path / "s.csv"
+    assert call_pipeline("split.py", "--root-dir", str(root), "--out", str(out))[0] == 0
+    code, _, stderr = call_pipeline("split.py", "--root-dir", str(root), "--out", str(out))
+    assert code == 2 and stderr.strip().splitlines()[-1] == f"error: --out {out} already exists; replace it with --overwrite"
+    assert call_pipeline("split.py", "--root-dir", str(root), "--out", str(out), "--overwrite")[0] == 0
