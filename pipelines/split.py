@@ -16,7 +16,6 @@ the first copy (by path) of each, counting and naming the rest. Rows of the data
 
 from __future__ import annotations
 
-
 from cars_ray.cli import EXIT_OK, check_number, make_parser, run_main
 from cars_ray.data.layouts import LAYOUTS, dataset_files, read_dataset
 from cars_ray.data.split import (PROTOCOLS, drop_duplicates, exact_duplicates, keep_copies_together, split_warnings,

@@ -90,12 +90,12 @@ def random_geometry(images: np.ndarray, row_ids: np.ndarray, size: int, scale_mi
     out = np.empty((len(images), size, size, 3), np.uint8)
     if not len(images):
         return out
-    draws = np.stack([np.random.default_rng([seed, epoch, int(row_id)]).random(5) for row_id in row_ids])
-    draws32 = torch.from_numpy(draws.astype(np.float32))
-    boxes = crop_boxes(*draws32[:, :4].unbind(1), images.shape[1], images.shape[2], (scale_min, 1.0), LOG_RATIO)
+    draws = torch.from_numpy(np.stack([np.random.default_rng([seed, epoch, int(row_id)]).random(5)
+                                       for row_id in row_ids]).astype(np.float32))
+    boxes = crop_boxes(*draws[:, :4].unbind(1), images.shape[1], images.shape[2], (scale_min, 1.0), LOG_RATIO)
     for index, (image, box) in enumerate(zip(images, boxes.tolist())):
         crop = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR, box=tuple(box)))
-        out[index] = crop[:, ::-1] if draws32[index, 4] < hflip else crop
+        out[index] = crop[:, ::-1] if draws[index, 4] < hflip else crop
     return out
 
 
